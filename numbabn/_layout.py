@@ -1,0 +1,14 @@
+"""The canonical layout: any array with channel axis ``axis`` as ``(pre, C, post)``.
+
+For a C-contiguous array the reshape is a free view; anything else (Fortran
+order, strided or negative-stride views) is copied once into C order first.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def canonical_dims(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    """``(pre, C, post)`` for an array of ``shape`` with channel axis ``axis`` (>= 0)."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])

@@ -1,0 +1,170 @@
+"""One validated call of a public function, and the reduce -> coefficients -> apply
+pipeline that every operation runs (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._dispatch import array_kind, select_backend
+from ._validation import (
+    normalize_axis,
+    normalize_eps,
+    require_float_dtype,
+    require_same_dtype,
+    require_shape,
+)
+from .kernels import formulas as f
+from .stats import BatchStats, _canonical_batch, batch_stats
+
+DEFAULT_EPS = 1e-5
+DEFAULT_AXIS = 1
+
+#: Terms that need no reduction pass (their coefficients use no sums).
+_SUM_FREE_TERMS = f.TERM_PARAM
+
+
+class Call:
+    """The validated arguments shared by a call: backend, x in canonical layout,
+    its statistics and gamma (float64).
+
+    Parameters
+    ----------
+    x, gamma : arrays
+        The batch and the scale parameter, shape (C,).
+    stats : BatchStats or None
+        Precomputed statistics of ``x``; computed here when None.
+    eps, axis : float or None, int or None
+        None means "from ``stats``" (or 1e-5 and 1 when stats is None); an
+        explicit value that disagrees with ``stats`` is a ValueError.
+    backend : str
+        "auto", "cpu" or "cuda".
+    arrays : dict
+        Every other array argument by name (None for absent ones): they take
+        part in dispatch and the dtype check.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        gamma: Any,
+        stats: BatchStats | None,
+        eps: float | None,
+        axis: int | None,
+        backend: str,
+        arrays: dict[str, Any],
+    ) -> None:
+        self.be = select_backend({"x": x, "gamma": gamma, **arrays}, backend)
+        self.dtype = require_float_dtype("x", x.dtype)
+        for name, a in arrays.items():
+            if a is not None:
+                require_float_dtype(name, a.dtype)
+        require_same_dtype("x", self.dtype, gamma=gamma, **arrays)
+        self.stats = self._resolve_stats(x, stats, eps, axis)
+        self.shape = tuple(x.shape)
+        self.axis = self.stats.axis
+        self.x3, self.dims = _canonical_batch(self.be, x, self.axis)
+        self.channels = self.dims[1]
+        require_shape("gamma", gamma, (self.channels,), "one value per channel of x")
+        self.gamma = self.be.float64(gamma)
+
+    def _resolve_stats(self, x, stats, eps, axis) -> BatchStats:
+        if stats is None:
+            return batch_stats(
+                x,
+                DEFAULT_EPS if eps is None else eps,
+                DEFAULT_AXIS if axis is None else axis,
+                backend=self.be.name,
+            )
+        if not isinstance(stats, BatchStats):
+            raise TypeError(
+                f"stats must be a BatchStats from numbabn.batch_stats, got {type(stats).__name__}"
+            )
+        if x.ndim < 2:
+            raise ValueError(f"x must have at least 2 dimensions, got shape {x.shape}")
+        if axis is not None and normalize_axis(axis, x.ndim) != stats.axis:
+            raise ValueError(
+                f"stats were computed with axis={stats.axis}, but axis={axis} was given"
+            )
+        if eps is not None and normalize_eps(eps) != stats.eps:
+            raise ValueError(f"stats were computed with eps={stats.eps}, but eps={eps} was given")
+        if tuple(x.shape) != stats.shape:
+            raise ValueError(
+                f"stats belong to a batch of shape {stats.shape}, but x has shape {tuple(x.shape)}"
+            )
+        if array_kind("stats.mean", stats.mean) != self.be.name:
+            raise TypeError(f"stats live on another backend than x ({self.be.name})")
+        return stats
+
+    # --- further arguments ----------------------------------------------------------
+    def field(self, name: str, a: Any):
+        """An x-shaped argument in canonical layout."""
+        require_shape(name, a, self.shape, "the shape of x")
+        return self.be.contiguous(a, self.dims)
+
+    def directions(self, name: str, a: Any):
+        """A direction argument, shape x.shape or (V, *x.shape).
+
+        Returns ``(array of shape (V, pre, C, post), V, batched)``.
+        """
+        if tuple(a.shape) == self.shape:
+            return self.be.contiguous(a, (1, *self.dims)), 1, False
+        if a.ndim == len(self.shape) + 1 and tuple(a.shape[1:]) == self.shape:
+            n_dir = a.shape[0]
+            if n_dir == 0:
+                raise ValueError(f"{name} has zero directions: shape {tuple(a.shape)}")
+            return self.be.contiguous(a, (n_dir, *self.dims)), n_dir, True
+        raise ValueError(
+            f"{name} has shape {tuple(a.shape)}; expected the shape of x {self.shape} or "
+            f"(V, *x.shape) for V directions"
+        )
+
+    def channel_tangent(self, name: str, a: Any, n_dir: int, batched: bool):
+        """A per-channel tangent, shape (C,) or (V, C), as a (V, C) float64 array."""
+        if a is None:
+            return None
+        c = self.channels
+        if tuple(a.shape) == (c,):
+            return self.be.float64(self.be.broadcast(a, (n_dir, c)))
+        if batched and tuple(a.shape) == (n_dir, c):
+            return self.be.float64(a)
+        expected = f"({c},) or ({n_dir}, {c})" if batched else f"({c},)"
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {expected}")
+
+    # --- the pipeline ---------------------------------------------------------------
+    def run(self, terms: int, n_dir: int, *, dz=None, h=None, u=None, w=None, ug=None, ub=None):
+        """Reduce, compute coefficients, apply. Returns ``(out, coef)`` with
+        ``out`` of shape (V, pre, C, post) in x's dtype and ``coef`` (V, N_COEF, C)."""
+        be, st = self.be, self.stats
+        if terms & ~_SUM_FREE_TERMS:
+            sums = be.moment_sums(self.x3, st.mean, st.invstd, dz, h, u, w, n_dir)
+        else:
+            sums = be.zeros((n_dir, f.N_SUMS, self.channels))
+        coef = be.coefficients(terms, sums, self.gamma, st.invstd, st.count, ug, ub)
+        out = be.empty((n_dir, *self.dims), self.dtype)
+        be.apply_affine(self.x3, st.mean, st.invstd, dz, h, u, w, coef, out)
+        return out, coef
+
+    def shaped(self, out, batched: bool):
+        """Reshape a (V, pre, C, post) result to x.shape or (V, *x.shape)."""
+        return out.reshape((out.shape[0], *self.shape) if batched else self.shape)
+
+    def parameter_outputs(self, coef, batched: bool):
+        """The (gamma, beta) outputs of the apply coefficients, in x's dtype."""
+        pg = self.be.cast(coef[:, f.P_GAMMA, :], self.dtype)
+        pb = self.be.cast(coef[:, f.P_BETA, :], self.dtype)
+        return (pg, pb) if batched else (pg[0], pb[0])
+
+    def apply_hz(self, hz: Any, t):
+        """Apply a curvature callable to each direction of ``t`` (V, pre, C, post)."""
+        n_dir = t.shape[0]
+        w = self.be.empty(t.shape, self.dtype)
+        for v in range(n_dir):
+            r = hz(t[v].reshape(self.shape))
+            array_kind("hz(t)", r)
+            if array_kind("hz(t)", r) != self.be.name:
+                raise TypeError(
+                    f"hz returned a {type(r).__name__}; expected a {self.be.name} array"
+                )
+            require_shape("hz(t)", r, self.shape, "hz must return an array shaped like x")
+            w[v] = self.be.contiguous(r, self.dims).astype(self.dtype, copy=False)
+        return w

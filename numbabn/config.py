@@ -1,0 +1,15 @@
+"""Tunables. Changing them changes speed, never results' meaning.
+
+``REDUCE_CHUNKS`` fixes how the batch axis is split for the CPU reductions; the
+split depends only on the shape and this number, never on the thread count, so
+results are bitwise reproducible across ``NUMBA_NUM_THREADS``.
+"""
+
+#: Number of fixed chunks (partial-sum buffers) of the CPU reductions.
+REDUCE_CHUNKS = 32
+
+#: Threads per block of the CUDA kernels (a multiple of 32, at most 1024).
+CUDA_BLOCK = 256
+
+#: Upper bound on the number of blocks of a CUDA reduction (its partial buffers).
+CUDA_MAX_BLOCKS = 1024

@@ -1,0 +1,151 @@
+"""Per-channel scalar math shared by the CPU and CUDA kernels.
+
+Every operation of numbabn is *reduce, then apply* (DESIGN.md §2):
+
+1. a reduction pass accumulates per-channel sums into the slots ``S_*`` below;
+2. :func:`channel_coefficients` turns one channel's sums into the affine
+   coefficients ``K_*`` (and the parameter outputs ``P_*``);
+3. an apply pass writes, for every element,
+
+   ``out = K_U*u + K_W*w + K_DZ*dz + K_X*xhat + K_1 + h*(KH_U*u + KH_X*xhat + KH_1)``.
+
+The functions here are plain Python on scalars and array elements, so Numba
+compiles them both with ``@njit`` and as CUDA device functions: the math is
+written once.
+
+Notation (per channel): ``g`` = gamma, ``s`` = invstd, ``m`` = M, the number of
+reduced elements; ``xhat = (x - mean) * s``; ``P(p) = s*(p - mean(p) - xhat*mean(xhat*p))``.
+"""
+
+# --- sum slots (axis 1 of the ``sums`` array, shape (V, N_SUMS, C)) ---------------
+S_U = 0  # sum u
+S_XU = 1  # sum xhat*u
+S_DZ = 2  # sum dz
+S_XDZ = 3  # sum xhat*dz
+S_DZU = 4  # sum dz*u
+S_H = 5  # sum h
+S_HX = 6  # sum h*xhat
+S_HXX = 7  # sum h*xhat^2
+S_HU = 8  # sum h*u
+S_HXU = 9  # sum h*xhat*u
+S_W = 10  # sum w
+S_XW = 11  # sum xhat*w
+N_SUMS = 12
+
+# --- coefficient slots (axis 1 of the ``coef`` array, shape (V, N_COEF, C)) -------
+K_U = 0
+K_W = 1
+K_DZ = 2
+K_X = 3
+K_1 = 4
+KH_U = 5
+KH_X = 6
+KH_1 = 7
+P_GAMMA = 8  # parameter output for gamma (vjp: dgamma, rop_backward: dgamma')
+P_BETA = 9  # parameter output for beta
+N_COEF = 10
+
+# --- terms (bit flags) that an operation adds up -----------------------------------
+TERM_PROJ_U = 1  # gamma * P(u)                      (input JVP)
+TERM_PARAM = 2  # u_gamma * xhat + u_beta            (parameter tangents; forward)
+TERM_RVP = 4  # R(dz) u                             (residual-vector product)
+TERM_CURV = 8  # gamma * P(h * J u)                 (diagonal output curvature)
+TERM_PROJ_W = 16  # gamma * P(w), with w's sums as the parameter gradients (VJP)
+TERM_UG_PROJ_DZ = 32  # u_gamma * P(dz)             (R-operator backward)
+
+
+def channel_coefficients(terms, sums, v, c, g, s, m, ug, ub, coef):
+    """Write one channel's affine coefficients for direction ``v``.
+
+    Parameters
+    ----------
+    terms : int
+        Bitwise OR of the ``TERM_*`` flags to add up.
+    sums : array, shape (V, N_SUMS, C), float64
+        Per-channel sums from the reduction pass (unused slots are zero).
+    v, c : int
+        Direction and channel index.
+    g, s, m : float
+        gamma, invstd and the number of reduced elements M of channel ``c``.
+    ug, ub : float
+        Tangents of gamma and beta for this direction and channel (0 if absent).
+    coef : array, shape (V, N_COEF, C), float64
+        Output; the column ``coef[v, :, c]`` is overwritten.
+    """
+    inv_m = 1.0 / m
+    gs = g * s
+    k_u = 0.0
+    k_w = 0.0
+    k_dz = 0.0
+    k_x = 0.0
+    k_1 = 0.0
+    kh_u = 0.0
+    kh_x = 0.0
+    kh_1 = 0.0
+    p_gamma = 0.0
+    p_beta = 0.0
+    if terms & TERM_PROJ_U:
+        k_u += gs
+        k_x -= gs * sums[v, S_XU, c] * inv_m
+        k_1 -= gs * sums[v, S_U, c] * inv_m
+    if terms & TERM_PARAM:
+        k_x += ug
+        k_1 += ub
+    if terms & TERM_PROJ_W:
+        k_w += gs
+        k_x -= gs * sums[v, S_XW, c] * inv_m
+        k_1 -= gs * sums[v, S_W, c] * inv_m
+        p_gamma += sums[v, S_XW, c]
+        p_beta += sums[v, S_W, c]
+    if terms & TERM_UG_PROJ_DZ:
+        ugs = ug * s
+        k_dz += ugs
+        k_x -= ugs * sums[v, S_XDZ, c] * inv_m
+        k_1 -= ugs * sums[v, S_DZ, c] * inv_m
+    if terms & TERM_RVP:
+        a = sums[v, S_XU, c]
+        b = sums[v, S_DZ, c]
+        cu = sums[v, S_DZU, c]
+        vu = sums[v, S_U, c]
+        e = sums[v, S_XDZ, c]
+        k = gs * s * inv_m
+        k_dz -= k * a
+        k_x += k * (-cu + b * vu * inv_m + 3.0 * a * e * inv_m)
+        k_u -= k * e
+        k_1 += k * (b * a + e * vu) * inv_m
+        # sum dz * P(u): the mixed gamma-x second derivative
+        p_gamma += s * (cu - b * vu * inv_m - e * a * inv_m)
+    if terms & TERM_CURV:
+        # J u = a1*u + b1*xhat + c1 and t = h * J u
+        a1 = gs
+        b1 = -gs * sums[v, S_XU, c] * inv_m
+        c1 = -gs * sums[v, S_U, c] * inv_m
+        mean_t = (a1 * sums[v, S_HU, c] + b1 * sums[v, S_HX, c] + c1 * sums[v, S_H, c]) * inv_m
+        mean_xt = (a1 * sums[v, S_HXU, c] + b1 * sums[v, S_HXX, c] + c1 * sums[v, S_HX, c]) * inv_m
+        kh_u += gs * a1
+        kh_x += gs * b1
+        kh_1 += gs * c1
+        k_1 -= gs * mean_t
+        k_x -= gs * mean_xt
+    coef[v, K_U, c] = k_u
+    coef[v, K_W, c] = k_w
+    coef[v, K_DZ, c] = k_dz
+    coef[v, K_X, c] = k_x
+    coef[v, K_1, c] = k_1
+    coef[v, KH_U, c] = kh_u
+    coef[v, KH_X, c] = kh_x
+    coef[v, KH_1, c] = kh_1
+    coef[v, P_GAMMA, c] = p_gamma
+    coef[v, P_BETA, c] = p_beta
+
+
+def channel_variance(sum_d, sum_d2, m):
+    """Biased variance from sums of ``d = x - shift`` and ``d**2`` (shift near the mean).
+
+    The corrected two-pass formula ``(sum d^2 - (sum d)^2 / m) / m`` removes the
+    first-order error of an inexact shift; the result is clamped at zero.
+    """
+    var = (sum_d2 - sum_d * sum_d / m) / m
+    if var < 0.0:
+        var = 0.0
+    return var

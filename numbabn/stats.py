@@ -1,0 +1,126 @@
+"""Batch statistics of a training-mode BatchNorm layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._dispatch import select_backend
+from ._layout import canonical_dims
+from ._validation import normalize_axis, normalize_eps, require_float_dtype
+
+
+@dataclass(frozen=True, eq=False)
+class BatchStats:
+    """Per-channel statistics of one batch, as computed by :func:`batch_stats`.
+
+    Attributes
+    ----------
+    mean, var, invstd : array, shape (C,), float64
+        Batch mean, biased (training-mode) variance and ``1/sqrt(var + eps)``;
+        NumPy arrays for host batches (read-only), device arrays for CUDA ones.
+    count : int
+        M, the number of elements reduced per channel.
+    eps : float
+        The epsilon used for ``invstd``.
+    axis : int
+        The channel axis (non-negative).
+    shape : tuple of int
+        Shape of the batch the statistics belong to.
+    """
+
+    mean: Any
+    var: Any
+    invstd: Any
+    count: int
+    eps: float
+    axis: int
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        """Number of channels C."""
+        return self.shape[self.axis]
+
+
+def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto") -> BatchStats:
+    """Per-channel mean, variance and invstd of a batch, in two stable passes.
+
+    The first pass computes the mean; the second sums squares centred on it
+    (with the corrected two-pass formula), both accumulating in float64.
+
+    Parameters
+    ----------
+    x : array, ndim >= 2, float32 or float64
+        The batch (NumPy or CUDA array).
+    eps : float, default 1e-5
+        Added to the variance before the inverse square root; finite, >= 0.
+    axis : int, default 1
+        Channel axis; every other axis is reduced. ``-1`` for channels-last.
+    backend : {"auto", "cpu", "cuda"}
+        Force a backend; "auto" picks it from the array type.
+
+    Returns
+    -------
+    BatchStats
+
+    Raises
+    ------
+    ValueError
+        For ndim < 2, an empty batch, no channels, a bad axis or eps, or a
+        channel of zero variance when ``eps == 0``.
+
+    Examples
+    --------
+    >>> import numpy as np, numbabn
+    >>> x = np.arange(12.0).reshape(3, 2, 2)
+    >>> st = numbabn.batch_stats(x)
+    >>> st.mean, st.count
+    (array([4.5, 6.5]), 6)
+    """
+    be = select_backend({"x": x}, backend)
+    eps = normalize_eps(eps)
+    x3, dims = _canonical_batch(be, x, axis)
+    pre, n_ch, post = dims
+    count = pre * post
+    first = be.shifted_sums(x3, be.zeros(n_ch))
+    shift = first[0] / count
+    second = be.shifted_sums(x3, shift)
+    mean, var, invstd = be.finish_stats(first, second, count, eps)
+    if eps == 0.0:
+        zero = np.flatnonzero(be.to_host(var) == 0.0)
+        if zero.size:
+            raise ValueError(
+                f"x has zero variance in channel(s) {zero[:10].tolist()} and eps=0, so invstd "
+                "would be infinite; use eps > 0"
+            )
+    return BatchStats(
+        mean=be.freeze(mean),
+        var=be.freeze(var),
+        invstd=be.freeze(invstd),
+        count=count,
+        eps=eps,
+        axis=normalize_axis(axis, x.ndim),
+        shape=tuple(x.shape),
+    )
+
+
+def _canonical_batch(be, x: Any, axis: Any):
+    """Validate a batch ``x`` and return its canonical (pre, C, post) view and dims."""
+    require_float_dtype("x", x.dtype)
+    if x.ndim < 2:
+        raise ValueError(
+            f"x must have at least 2 dimensions (batch and channel), got shape {x.shape}"
+        )
+    axis = normalize_axis(axis, x.ndim)
+    dims = canonical_dims(tuple(x.shape), axis)
+    pre, n_ch, post = dims
+    if n_ch == 0:
+        raise ValueError(f"x has no channels: shape {tuple(x.shape)} with axis={axis}")
+    if pre * post == 0:
+        raise ValueError(
+            f"x has an empty batch: shape {tuple(x.shape)} leaves no elements per channel"
+        )
+    return be.contiguous(x, dims), dims
