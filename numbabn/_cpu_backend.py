@@ -29,12 +29,16 @@ class CpuBackend:
 
     @staticmethod
     def contiguous(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """A C-contiguous view of ``a`` with ``shape`` (copies only if needed)."""
-        return np.ascontiguousarray(a).reshape(shape)
+        """A read-only, C-contiguous view of ``a`` with ``shape`` (copies only if needed).
+
+        Kernel inputs are always read-only views, so Numba compiles one
+        specialisation per dtype whatever the caller's writeable flags.
+        """
+        return _readonly(np.ascontiguousarray(a).reshape(shape))
 
     @staticmethod
     def float64(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a, dtype=np.float64)
+        return _readonly(np.ascontiguousarray(a, dtype=np.float64))
 
     @staticmethod
     def broadcast(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -63,7 +67,7 @@ class CpuBackend:
 
     # --- kernels ------------------------------------------------------------------
     def shifted_sums(self, x3: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        return self.kernels.shifted_sums(x3, shift, _chunks(x3.shape[0]))
+        return self.kernels.shifted_sums(x3, _readonly(shift), _chunks(x3.shape[0]))
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
         return self.kernels.moment_sums(x3, mean, invstd, dz, h, u, w, n_dir, _chunks(x3.shape[0]))
@@ -76,6 +80,12 @@ class CpuBackend:
 
     def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
         self.kernels.apply_affine(x3, mean, invstd, dz, h, u, w, coef, out)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.setflags(write=False)
+    return view
 
 
 def _chunks(pre: int) -> int:

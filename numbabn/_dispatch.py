@@ -33,8 +33,11 @@ def array_kind(name: str, a: Any) -> str:
     )
 
 
-def select_backend(arrays: dict[str, Any], backend: str = "auto"):
-    """Return the backend object for ``arrays`` (None entries are skipped).
+def select_backend(arrays: dict[str, Any], backend: str = "auto", optional: tuple[str, ...] = ()):
+    """Return the backend object for ``arrays``.
+
+    Entries named in ``optional`` may be None and are then skipped; any other
+    None is a TypeError like every non-array.
 
     Raises
     ------
@@ -45,7 +48,11 @@ def select_backend(arrays: dict[str, Any], backend: str = "auto"):
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    kinds = {name: array_kind(name, a) for name, a in arrays.items() if a is not None}
+    kinds = {
+        name: array_kind(name, a)
+        for name, a in arrays.items()
+        if a is not None or name not in optional
+    }
     found = set(kinds.values())
     if len(found) > 1:
         host = sorted(n for n, k in kinds.items() if k == "cpu")

@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from ._dispatch import is_cuda_array
 from ._pipeline import Call
 from .kernels import formulas as f
 from .stats import BatchStats
@@ -187,7 +190,7 @@ def rop_backward(
     dgamma_dot, dbeta_dot : array, shape (C,) or (V, C)
     """
     arrays = {"dz": dz, "dz_dot": dz_dot, "u": u, "u_gamma": u_gamma}
-    call = Call(x, gamma, stats, eps, axis, backend, arrays)
+    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma",))
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
     w4, n_dir_w, batched_w = call.directions("dz_dot", dz_dot)
@@ -204,7 +207,14 @@ def rop_backward(
 
 def _hz_array(hz: Curvature) -> dict[str, Any]:
     """``{"hz": hz}`` when hz is an array argument (dispatch and dtype checks)."""
-    return {} if callable(hz) else {"hz": hz}
+    if callable(hz):
+        return {}
+    if not (isinstance(hz, np.ndarray) or is_cuda_array(hz)):
+        raise TypeError(
+            f"hz must be an array shaped like x (a diagonal curvature) or a callable "
+            f"t -> Hz t, got {type(hz).__name__}"
+        )
+    return {"hz": hz}
 
 
 def _curvature_times_jvp(call: Call, hz: Callable, u4, n_dir: int):

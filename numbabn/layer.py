@@ -86,7 +86,8 @@ def jvp(
     -------
     array, shape of u, dtype of x
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"u": u, "u_gamma": u_gamma, "u_beta": u_beta})
+    arrays = {"u": u, "u_gamma": u_gamma, "u_beta": u_beta}
+    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma", "u_beta"))
     u4, n_dir, batched = call.directions("u", u)
     ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
     ub = call.channel_tangent("u_beta", u_beta, n_dir, batched)

@@ -19,20 +19,25 @@ from . import formulas as f
 #: fused multiply-add contraction. No nnan/ninf: NaN and inf behave as in NumPy.
 FASTMATH = {"reassoc", "contract"}
 
-_channel_coefficients = njit(cache=True, nogil=True)(f.channel_coefficients)
-_channel_variance = njit(cache=True, nogil=True)(f.channel_variance)
+#: Compiler options of every function here: cached on disk, no GIL (callable
+#: from several Python threads), and NumPy's error model (x/0 gives inf or NaN
+#: instead of raising, and no division checks block vectorisation).
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+_scalar = njit(**_OPTIONS)
+_channel_coefficients = _scalar(f.channel_coefficients)
+_channel_variance = _scalar(f.channel_variance)
 
 
 def _kernel(fn):
-    return njit(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)(fn)
+    return njit(parallel=True, fastmath=FASTMATH, **_OPTIONS)(fn)
 
 
-@njit(cache=True, nogil=True)
+@_scalar
 def _chunk_bounds(k, n_chunks, n):
     return k * n // n_chunks, (k + 1) * n // n_chunks
 
 
-@njit(cache=True, nogil=True)
+@_scalar
 def _merge_chunks(part):
     out = np.zeros(part.shape[1:])
     for k in range(part.shape[0]):
@@ -141,7 +146,7 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks):
     return sums
 
 
-@njit(cache=True, nogil=True)
+@_scalar
 def finish_stats(sums_first, sums_second, count, eps):
     """Mean and invstd from the two passes of :func:`shifted_sums`.
 
@@ -160,7 +165,7 @@ def finish_stats(sums_first, sums_second, count, eps):
     return mean, var, invstd
 
 
-@njit(cache=True, nogil=True)
+@_scalar
 def coefficients(terms, sums, gamma, invstd, count, ug, ub):
     """Affine coefficients (V, N_COEF, C) from the sums (V, N_SUMS, C).
 
