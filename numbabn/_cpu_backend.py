@@ -66,11 +66,20 @@ class CpuBackend:
         return a
 
     # --- kernels ------------------------------------------------------------------
+    # Arrays arrive in the canonical layout (pre, C, post) / (V, pre, C, post).
+    # When post == 1 the channel axis is the contiguous one, and the kernels get
+    # the "rows" views (pre, C) / (V, pre, C) so their inner loops run along it.
+
     def shifted_sums(self, x3: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        return self.kernels.shifted_sums(x3, _readonly(shift), _chunks(x3.shape[0]))
+        n_chunks, n_blocks = _tiling(x3.shape)
+        return self.kernels.shifted_sums(_rows(x3), _readonly(shift), n_chunks, n_blocks)
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
-        return self.kernels.moment_sums(x3, mean, invstd, dz, h, u, w, n_dir, _chunks(x3.shape[0]))
+        n_chunks, n_blocks = _tiling(x3.shape)
+        r = _rows
+        return self.kernels.moment_sums(
+            r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
+        )
 
     def finish_stats(self, first, second, count: int, eps: float):
         return self.kernels.finish_stats(first, second, float(count), eps)
@@ -79,14 +88,30 @@ class CpuBackend:
         return self.kernels.coefficients(terms, sums, gamma, invstd, float(count), ug, ub)
 
     def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
-        self.kernels.apply_affine(x3, mean, invstd, dz, h, u, w, coef, out)
+        r = _rows
+        self.kernels.apply_affine(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out))
+
+
+def _rows(a: np.ndarray | None) -> np.ndarray | None:
+    """Drop the trailing post axis when it has length 1 (a free view)."""
+    return a[..., 0] if a is not None and a.shape[-1] == 1 else a
+
+
+def _tiling(dims: tuple[int, int, int]) -> tuple[int, int]:
+    """(row chunks, channel blocks) of a reduction over a (pre, C, post) array.
+
+    Chunks hold at least ``config.MIN_CHUNK_ROWS`` rows of the rows layout (or
+    as many elements in planes), so partial buffers stay small next to the
+    data; channels split into blocks of ``config.CHANNEL_BLOCK`` (rows layout)
+    or one channel per block (planes layout). Depends on the shape alone.
+    """
+    pre, n_ch, post = dims
+    n_chunks = max(1, min(pre, config.REDUCE_CHUNKS, pre * post // config.MIN_CHUNK_ROWS))
+    width = config.CHANNEL_BLOCK if post == 1 else 1
+    return n_chunks, (n_ch + width - 1) // width
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     view = a.view()
     view.setflags(write=False)
     return view
-
-
-def _chunks(pre: int) -> int:
-    return max(1, min(pre, config.REDUCE_CHUNKS))

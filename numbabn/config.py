@@ -5,8 +5,14 @@ split depends only on the shape and this number, never on the thread count, so
 results are bitwise reproducible across ``NUMBA_NUM_THREADS``.
 """
 
-#: Number of fixed chunks (partial-sum buffers) of the CPU reductions.
+#: Most row chunks (partial-sum buffers) of a CPU reduction.
 REDUCE_CHUNKS = 32
+
+#: Fewest rows (times post) in one chunk of a CPU reduction.
+MIN_CHUNK_ROWS = 256
+
+#: Channels per task of a CPU reduction when the channel axis is contiguous.
+CHANNEL_BLOCK = 256
 
 #: Threads per block of the CUDA kernels (a multiple of 32, at most 1024).
 CUDA_BLOCK = 256

@@ -33,12 +33,22 @@ def _kernel(fn):
 
 
 @_scalar
-def _chunk_bounds(k, n_chunks, n):
-    return k * n // n_chunks, (k + 1) * n // n_chunks
+def _task_bounds(task, n_chunks, n_blocks, pre, n_ch):
+    """Rows [lo, hi) and channels [c0, c1) of reduction task ``task``.
+
+    Tasks tile (row chunk k) x (channel block b); the tiling depends only on the
+    shape, never on the thread count.
+    """
+    k = task // n_blocks
+    b = task - k * n_blocks
+    width = (n_ch + n_blocks - 1) // n_blocks
+    c0 = min(n_ch, b * width)
+    return k, k * pre // n_chunks, (k + 1) * pre // n_chunks, c0, min(n_ch, c0 + width)
 
 
 @_scalar
 def _merge_chunks(part):
+    """Sum the per-chunk partial buffers in chunk order (deterministic)."""
     out = np.zeros(part.shape[1:])
     for k in range(part.shape[0]):
         out += part[k]
@@ -46,52 +56,113 @@ def _merge_chunks(part):
 
 
 @_kernel
-def shifted_sums(x, shift, n_chunks):
+def shifted_sums(x, shift, n_chunks, n_blocks):
     """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``.
 
-    Returns an array of shape (2, C), float64.
+    ``x`` is (pre, C, post), or (pre, C) for the rows layout (post = 1, the
+    channel axis contiguous). Returns an array of shape (2, C), float64.
     """
-    pre, n_ch, post = x.shape
+    pre, n_ch = x.shape[0], x.shape[1]
     part = np.zeros((n_chunks, 2, n_ch))
-    for k in prange(n_chunks):
-        lo, hi = _chunk_bounds(k, n_chunks, pre)
+    for task in prange(n_chunks * n_blocks):
+        k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
+        acc = part[k]
         for i in range(lo, hi):
-            for c in range(n_ch):
-                sc = shift[c]
-                s1 = 0.0
-                s2 = 0.0
-                for j in range(post):
-                    d = np.float64(x[i, c, j]) - sc
-                    s1 += d
-                    s2 += d * d
-                part[k, 0, c] += s1
-                part[k, 1, c] += s2
+            if x.ndim == 2:
+                for c in range(c0, c1):
+                    d = np.float64(x[i, c]) - shift[c]
+                    acc[0, c] += d
+                    acc[1, c] += d * d
+            else:
+                for c in range(c0, c1):
+                    s1 = 0.0
+                    s2 = 0.0
+                    for j in range(x.shape[2]):
+                        d = np.float64(x[i, c, j]) - shift[c]
+                        s1 += d
+                        s2 += d * d
+                    acc[0, c] += s1
+                    acc[1, c] += s2
     return _merge_chunks(part)
 
 
 @_kernel
-def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks):
+def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
     """Per-channel sums of the products that an operation needs.
 
-    Fills the ``S_*`` slots of :mod:`formulas` that the given arrays allow
-    (``dz``, ``h``: shape of x or None; ``u``, ``w``: (V, ...) or None) and
+    Fills the ``S_*`` slots of :mod:`formulas` that the given arrays allow and
     returns them as an array of shape (n_dir, N_SUMS, C), float64. Slots of
     absent arrays stay zero; direction-independent slots are copied to every
     direction.
+
+    Layouts: ``x``, ``dz``, ``h`` are (pre, C, post) and ``u``, ``w`` are
+    (V, pre, C, post); or, for the rows layout (post = 1), (pre, C) and
+    (V, pre, C), with the inner loop along the contiguous channel axis.
     """
-    pre, n_ch, post = x.shape
+    pre, n_ch = x.shape[0], x.shape[1]
     part = np.zeros((n_chunks, n_dir, f.N_SUMS, n_ch))
-    for k in prange(n_chunks):
-        lo, hi = _chunk_bounds(k, n_chunks, pre)
-        for i in range(lo, hi):
-            for c in range(n_ch):
-                m_c = mean[c]
-                s_c = invstd[c]
-                s_dz = 0.0
-                s_xdz = 0.0
-                s_h = 0.0
-                s_hx = 0.0
-                s_hxx = 0.0
+    for task in prange(n_chunks * n_blocks):
+        k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
+        if x.ndim == 2:
+            _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
+        else:
+            _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
+    sums = _merge_chunks(part)
+    for v in range(1, n_dir):
+        for slot in (f.S_DZ, f.S_XDZ, f.S_H, f.S_HX, f.S_HXX):
+            sums[v, slot, :] = sums[0, slot, :]
+    return sums
+
+
+@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
+    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout."""
+    for i in range(lo, hi):
+        if dz is not None or h is not None:
+            for c in range(c0, c1):
+                xh = (np.float64(x[i, c]) - mean[c]) * invstd[c]
+                if dz is not None:
+                    d = np.float64(dz[i, c])
+                    acc[0, f.S_DZ, c] += d
+                    acc[0, f.S_XDZ, c] += xh * d
+                if h is not None:
+                    hv = np.float64(h[i, c])
+                    acc[0, f.S_H, c] += hv
+                    acc[0, f.S_HX, c] += hv * xh
+                    acc[0, f.S_HXX, c] += hv * xh * xh
+        for v in range(n_dir):
+            for c in range(c0, c1):
+                xh = (np.float64(x[i, c]) - mean[c]) * invstd[c]
+                if u is not None:
+                    uv = np.float64(u[v, i, c])
+                    acc[v, f.S_U, c] += uv
+                    acc[v, f.S_XU, c] += xh * uv
+                    if dz is not None:
+                        acc[v, f.S_DZU, c] += np.float64(dz[i, c]) * uv
+                    if h is not None:
+                        hu = np.float64(h[i, c]) * uv
+                        acc[v, f.S_HU, c] += hu
+                        acc[v, f.S_HXU, c] += hu * xh
+                if w is not None:
+                    wv = np.float64(w[v, i, c])
+                    acc[v, f.S_W, c] += wv
+                    acc[v, f.S_XW, c] += xh * wv
+
+
+@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+def _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
+    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C, post) layout."""
+    post = x.shape[2]
+    for i in range(lo, hi):
+        for c in range(c0, c1):
+            m_c = mean[c]
+            s_c = invstd[c]
+            s_dz = 0.0
+            s_xdz = 0.0
+            s_h = 0.0
+            s_hx = 0.0
+            s_hxx = 0.0
+            if dz is not None or h is not None:
                 for j in range(post):
                     xh = (np.float64(x[i, c, j]) - m_c) * s_c
                     if dz is not None:
@@ -103,47 +174,42 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks):
                         s_h += hv
                         s_hx += hv * xh
                         s_hxx += hv * xh * xh
-                part[k, 0, f.S_DZ, c] += s_dz
-                part[k, 0, f.S_XDZ, c] += s_xdz
-                part[k, 0, f.S_H, c] += s_h
-                part[k, 0, f.S_HX, c] += s_hx
-                part[k, 0, f.S_HXX, c] += s_hxx
-                for v in range(n_dir):
-                    s_u = 0.0
-                    s_xu = 0.0
-                    s_dzu = 0.0
-                    s_hu = 0.0
-                    s_hxu = 0.0
-                    s_w = 0.0
-                    s_xw = 0.0
-                    for j in range(post):
-                        xh = (np.float64(x[i, c, j]) - m_c) * s_c
-                        if u is not None:
-                            uv = np.float64(u[v, i, c, j])
-                            s_u += uv
-                            s_xu += xh * uv
-                            if dz is not None:
-                                s_dzu += np.float64(dz[i, c, j]) * uv
-                            if h is not None:
-                                hu = np.float64(h[i, c, j]) * uv
-                                s_hu += hu
-                                s_hxu += hu * xh
-                        if w is not None:
-                            wv = np.float64(w[v, i, c, j])
-                            s_w += wv
-                            s_xw += xh * wv
-                    part[k, v, f.S_U, c] += s_u
-                    part[k, v, f.S_XU, c] += s_xu
-                    part[k, v, f.S_DZU, c] += s_dzu
-                    part[k, v, f.S_HU, c] += s_hu
-                    part[k, v, f.S_HXU, c] += s_hxu
-                    part[k, v, f.S_W, c] += s_w
-                    part[k, v, f.S_XW, c] += s_xw
-    sums = _merge_chunks(part)
-    for v in range(1, n_dir):
-        for slot in (f.S_DZ, f.S_XDZ, f.S_H, f.S_HX, f.S_HXX):
-            sums[v, slot, :] = sums[0, slot, :]
-    return sums
+            acc[0, f.S_DZ, c] += s_dz
+            acc[0, f.S_XDZ, c] += s_xdz
+            acc[0, f.S_H, c] += s_h
+            acc[0, f.S_HX, c] += s_hx
+            acc[0, f.S_HXX, c] += s_hxx
+            for v in range(n_dir):
+                s_u = 0.0
+                s_xu = 0.0
+                s_dzu = 0.0
+                s_hu = 0.0
+                s_hxu = 0.0
+                s_w = 0.0
+                s_xw = 0.0
+                for j in range(post):
+                    xh = (np.float64(x[i, c, j]) - m_c) * s_c
+                    if u is not None:
+                        uv = np.float64(u[v, i, c, j])
+                        s_u += uv
+                        s_xu += xh * uv
+                        if dz is not None:
+                            s_dzu += np.float64(dz[i, c, j]) * uv
+                        if h is not None:
+                            hu = np.float64(h[i, c, j]) * uv
+                            s_hu += hu
+                            s_hxu += hu * xh
+                    if w is not None:
+                        wv = np.float64(w[v, i, c, j])
+                        s_w += wv
+                        s_xw += xh * wv
+                acc[v, f.S_U, c] += s_u
+                acc[v, f.S_XU, c] += s_xu
+                acc[v, f.S_DZU, c] += s_dzu
+                acc[v, f.S_HU, c] += s_hu
+                acc[v, f.S_HXU, c] += s_hxu
+                acc[v, f.S_W, c] += s_w
+                acc[v, f.S_XW, c] += s_xw
 
 
 @_scalar
@@ -181,41 +247,41 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub):
     return coef
 
 
+@_scalar
+def _affine(coef, v, c, xh, uv, wv, dzv, hv):
+    """One output element from its channel's coefficients (absent inputs are 0)."""
+    r = coef[v, f.K_X, c] * xh + coef[v, f.K_1, c]
+    r += coef[v, f.K_U, c] * uv + coef[v, f.K_W, c] * wv + coef[v, f.K_DZ, c] * dzv
+    return r + hv * (coef[v, f.KH_U, c] * uv + coef[v, f.KH_X, c] * xh + coef[v, f.KH_1, c])
+
+
 @_kernel
 def apply_affine(x, mean, invstd, dz, h, u, w, coef, out):
     """Write ``out[v] = K_U*u[v] + K_W*w[v] + K_DZ*dz + K_X*xhat + K_1
     + h*(KH_U*u[v] + KH_X*xhat + KH_1)`` with per-channel coefficients.
 
-    ``out`` has shape (V, pre, C, post) and the input dtype; every element is
-    written once, so the parallel loop has no race.
+    Layouts as in :func:`moment_sums`; ``out`` is (V, pre, C, post), or
+    (V, pre, C) for rows, in the input dtype. Every element is written once,
+    so the parallel loop has no race.
     """
-    n_dir, pre, n_ch, post = out.shape
+    n_dir, pre, n_ch = out.shape[0], out.shape[1], out.shape[2]
+    post = 1 if x.ndim == 2 else x.shape[2]
     for vi in prange(n_dir * pre):
         v = vi // pre
         i = vi - v * pre
         for c in range(n_ch):
-            m_c = mean[c]
-            s_c = invstd[c]
-            k_u = coef[v, f.K_U, c]
-            k_w = coef[v, f.K_W, c]
-            k_dz = coef[v, f.K_DZ, c]
-            k_x = coef[v, f.K_X, c]
-            k_1 = coef[v, f.K_1, c]
-            kh_u = coef[v, f.KH_U, c]
-            kh_x = coef[v, f.KH_X, c]
-            kh_1 = coef[v, f.KH_1, c]
             for j in range(post):
-                xh = (np.float64(x[i, c, j]) - m_c) * s_c
-                r = k_x * xh + k_1
-                if u is not None:
-                    r += k_u * np.float64(u[v, i, c, j])
-                if w is not None:
-                    r += k_w * np.float64(w[v, i, c, j])
-                if dz is not None:
-                    r += k_dz * np.float64(dz[i, c, j])
-                if h is not None:
-                    t = kh_x * xh + kh_1
-                    if u is not None:
-                        t += kh_u * np.float64(u[v, i, c, j])
-                    r += np.float64(h[i, c, j]) * t
-                out[v, i, c, j] = r
+                if x.ndim == 2:
+                    idx = (i, c)
+                    vidx = (v, i, c)
+                    oidx = (v, i, c)
+                else:
+                    idx = (i, c, j)
+                    vidx = (v, i, c, j)
+                    oidx = (v, i, c, j)
+                xh = (np.float64(x[idx]) - mean[c]) * invstd[c]
+                uv = np.float64(u[vidx]) if u is not None else 0.0
+                wv = np.float64(w[vidx]) if w is not None else 0.0
+                dzv = np.float64(dz[idx]) if dz is not None else 0.0
+                hv = np.float64(h[idx]) if h is not None else 0.0
+                out[oidx] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
