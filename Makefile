@@ -1,0 +1,31 @@
+# numbabn: `make test` (set-up + the whole test suite), `make demo` (set-up + the demo).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Numba's on-disk cache lives in the work tree, so a second run starts warm.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-cpu demo lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# pytest exits 5 when it collects no test: that is reported, not hidden.
+test: $(STAMP) lint
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	$(PY) -m numbabn demo
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache
