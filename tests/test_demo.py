@@ -37,3 +37,14 @@ def test_closed_form_baseline_matches_numbabn():
         closed_form.hvp(x, g, c["dz"], c["u"], c["hz"], **kw),
         np.float64,
     )
+
+
+def test_readme_usage_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["Hu"].shape == (4, 32, 64, 28, 28)
+    assert namespace["dgamma"].shape == (64,)
