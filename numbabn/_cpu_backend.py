@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import config
+from .kernels import formulas as f
 
 
 class CpuBackend:
@@ -41,8 +42,9 @@ class CpuBackend:
         return _readonly(np.ascontiguousarray(a, dtype=np.float64))
 
     @staticmethod
-    def broadcast(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        return np.broadcast_to(a, shape)
+    def channel_rows(a: np.ndarray, n_dir: int) -> np.ndarray:
+        """A (C,) or (V, C) per-channel array as a (V, C) float64 array."""
+        return _readonly(np.ascontiguousarray(np.broadcast_to(a, (n_dir, a.shape[-1])), np.float64))
 
     @staticmethod
     def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -57,22 +59,35 @@ class CpuBackend:
         return a
 
     @staticmethod
-    def cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        return a.astype(dtype)
+    def wrap(a: np.ndarray, like: Any = None) -> np.ndarray:
+        """A result as the caller's kind of array (here: already NumPy)."""
+        return a
+
+    @staticmethod
+    def assign(dst: np.ndarray, v: int, src: np.ndarray) -> None:
+        """``dst[v] = src`` for same-shaped contiguous arrays."""
+        dst[v] = src
 
     @staticmethod
     def freeze(a: np.ndarray) -> np.ndarray:
         a.setflags(write=False)
         return a
 
+    @staticmethod
+    def parameter_outputs(coef: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """The (V, C) gamma and beta outputs of the coefficient array, in ``dtype``."""
+        return coef[:, f.P_GAMMA, :].astype(dtype), coef[:, f.P_BETA, :].astype(dtype)
+
     # --- kernels ------------------------------------------------------------------
     # Arrays arrive in the canonical layout (pre, C, post) / (V, pre, C, post).
     # When post == 1 the channel axis is the contiguous one, and the kernels get
     # the "rows" views (pre, C) / (V, pre, C) so their inner loops run along it.
 
-    def shifted_sums(self, x3: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    def shifted_sums(self, x3: np.ndarray, first: np.ndarray | None, count: int) -> np.ndarray:
+        """Sums of ``x - shift`` and its square, shift = 0 or the mean of ``first``."""
         n_chunks, n_blocks = _tiling(x3.shape)
-        return self.kernels.shifted_sums(_rows(x3), _readonly(shift), n_chunks, n_blocks)
+        first = None if first is None else _readonly(first)
+        return self.kernels.shifted_sums(_rows(x3), first, float(count), n_chunks, n_blocks)
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
         n_chunks, n_blocks = _tiling(x3.shape)

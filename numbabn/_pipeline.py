@@ -63,6 +63,7 @@ class Call:
                 require_float_dtype(name, a.dtype)
         require_same_dtype("x", self.dtype, gamma=gamma, **arrays)
         self.stats = self._resolve_stats(x, stats, eps, axis)
+        self.like = x  # results come back as this kind of array
         self.shape = tuple(x.shape)
         self.axis = self.stats.axis
         self.x3, self.dims = _canonical_batch(self.be, x, self.axis)
@@ -126,10 +127,8 @@ class Call:
         if a is None:
             return None
         c = self.channels
-        if tuple(a.shape) == (c,):
-            return self.be.float64(self.be.broadcast(a, (n_dir, c)))
-        if batched and tuple(a.shape) == (n_dir, c):
-            return self.be.float64(a)
+        if tuple(a.shape) == (c,) or (batched and tuple(a.shape) == (n_dir, c)):
+            return self.be.channel_rows(a, n_dir)
         expected = f"({c},) or ({n_dir}, {c})" if batched else f"({c},)"
         raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {expected}")
 
@@ -148,14 +147,16 @@ class Call:
         return out, coef
 
     def shaped(self, out, batched: bool):
-        """Reshape a (V, pre, C, post) result to x.shape or (V, *x.shape)."""
-        return out.reshape((out.shape[0], *self.shape) if batched else self.shape)
+        """A (V, pre, C, post) result as x.shape or (V, *x.shape), in the caller's kind."""
+        shape = (out.shape[0], *self.shape) if batched else self.shape
+        return self.be.wrap(out.reshape(shape), self.like)
 
     def parameter_outputs(self, coef, batched: bool):
         """The (gamma, beta) outputs of the apply coefficients, in x's dtype."""
-        pg = self.be.cast(coef[:, f.P_GAMMA, :], self.dtype)
-        pb = self.be.cast(coef[:, f.P_BETA, :], self.dtype)
-        return (pg, pb) if batched else (pg[0], pb[0])
+        pg, pb = self.be.parameter_outputs(coef, self.dtype)
+        if not batched:
+            pg, pb = pg[0], pb[0]
+        return self.be.wrap(pg, self.like), self.be.wrap(pb, self.like)
 
     def apply_hz(self, hz: Any, t):
         """Apply a curvature callable to each direction of ``t`` (V, pre, C, post)."""

@@ -14,8 +14,11 @@ MIN_CHUNK_ROWS = 256
 #: Channels per task of a CPU reduction when the channel axis is contiguous.
 CHANNEL_BLOCK = 256
 
-#: Threads per block of the CUDA kernels (a multiple of 32, at most 1024).
+#: Threads per block of the CUDA kernels (a power of 2, at most 1024).
 CUDA_BLOCK = 256
+
+#: Elements per thread that a CUDA reduction block aims at (fewer blocks, less merging).
+CUDA_ELEMENTS_PER_THREAD = 16
 
 #: Upper bound on the number of blocks of a CUDA reduction (its partial buffers).
 CUDA_MAX_BLOCKS = 1024

@@ -83,11 +83,10 @@ def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "aut
     be = select_backend({"x": x}, backend)
     eps = normalize_eps(eps)
     x3, dims = _canonical_batch(be, x, axis)
-    pre, n_ch, post = dims
+    pre, _, post = dims
     count = pre * post
-    first = be.shifted_sums(x3, be.zeros(n_ch))
-    shift = first[0] / count
-    second = be.shifted_sums(x3, shift)
+    first = be.shifted_sums(x3, None, count)  # sums about zero: the pass-1 mean
+    second = be.shifted_sums(x3, first, count)  # sums about the pass-1 mean
     mean, var, invstd = be.finish_stats(first, second, count, eps)
     if eps == 0.0:
         zero = np.flatnonzero(be.to_host(var) == 0.0)
@@ -97,9 +96,9 @@ def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "aut
                 "would be infinite; use eps > 0"
             )
     return BatchStats(
-        mean=be.freeze(mean),
-        var=be.freeze(var),
-        invstd=be.freeze(invstd),
+        mean=be.wrap(be.freeze(mean), x),
+        var=be.wrap(be.freeze(var), x),
+        invstd=be.wrap(be.freeze(invstd), x),
         count=count,
         eps=eps,
         axis=normalize_axis(axis, x.ndim),

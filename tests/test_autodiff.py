@@ -8,7 +8,7 @@ import pytest
 import numbabn
 
 import reference as ref
-from conftest import assert_close, make_case, symmetric_curvature
+from cases import assert_close, make_case, symmetric_curvature
 
 SHAPES = [
     ((7, 3), 1),

@@ -6,7 +6,7 @@ import numbabn
 from numbabn import closed_form
 from numbabn.__main__ import main
 
-from conftest import assert_close, make_case
+from cases import assert_close, make_case
 
 
 def test_demo_runs_on_a_small_batch(capsys):

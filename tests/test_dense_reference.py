@@ -8,7 +8,7 @@ from autograd import hessian, jacobian
 import numbabn
 
 import reference as ref
-from conftest import assert_close, make_case
+from cases import assert_close, make_case
 
 
 @pytest.mark.parametrize("eps", [1e-5, 0.3])

@@ -5,7 +5,7 @@ import pytest
 
 import numbabn
 
-from conftest import make_case
+from cases import make_case
 
 
 def _all_calls(c, **kw):

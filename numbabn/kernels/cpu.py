@@ -26,6 +26,7 @@ _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 _scalar = njit(**_OPTIONS)
 _channel_coefficients = _scalar(f.channel_coefficients)
 _channel_variance = _scalar(f.channel_variance)
+_affine = _scalar(f.affine_value)
 
 
 def _kernel(fn):
@@ -56,13 +57,18 @@ def _merge_chunks(part):
 
 
 @_kernel
-def shifted_sums(x, shift, n_chunks, n_blocks):
+def shifted_sums(x, first, count, n_chunks, n_blocks):
     """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``.
 
-    ``x`` is (pre, C, post), or (pre, C) for the rows layout (post = 1, the
-    channel axis contiguous). Returns an array of shape (2, C), float64.
+    The shift is zero when ``first`` is None, else the mean ``first[0] / count``
+    of an earlier pass (the stable two-pass variance). ``x`` is (pre, C, post),
+    or (pre, C) for the rows layout (post = 1, the channel axis contiguous).
+    Returns an array of shape (2, C), float64.
     """
     pre, n_ch = x.shape[0], x.shape[1]
+    shift = np.zeros(n_ch)
+    if first is not None:
+        shift[:] = first[0] / count
     part = np.zeros((n_chunks, 2, n_ch))
     for task in prange(n_chunks * n_blocks):
         k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
@@ -245,14 +251,6 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub):
             ub_vc = 0.0 if ub is None else ub[v, c]
             _channel_coefficients(terms, sums, v, c, gamma[c], invstd[c], count, ug_vc, ub_vc, coef)
     return coef
-
-
-@_scalar
-def _affine(coef, v, c, xh, uv, wv, dzv, hv):
-    """One output element from its channel's coefficients (absent inputs are 0)."""
-    r = coef[v, f.K_X, c] * xh + coef[v, f.K_1, c]
-    r += coef[v, f.K_U, c] * uv + coef[v, f.K_W, c] * wv + coef[v, f.K_DZ, c] * dzv
-    return r + hv * (coef[v, f.KH_U, c] * uv + coef[v, f.KH_X, c] * xh + coef[v, f.KH_1, c])
 
 
 @_kernel

@@ -139,6 +139,13 @@ def channel_coefficients(terms, sums, v, c, g, s, m, ug, ub, coef):
     coef[v, P_BETA, c] = p_beta
 
 
+def affine_value(coef, v, c, xh, uv, wv, dzv, hv):
+    """One output element from its channel's coefficients (absent inputs are 0)."""
+    r = coef[v, K_X, c] * xh + coef[v, K_1, c]
+    r += coef[v, K_U, c] * uv + coef[v, K_W, c] * wv + coef[v, K_DZ, c] * dzv
+    return r + hv * (coef[v, KH_U, c] * uv + coef[v, KH_X, c] * xh + coef[v, KH_1, c])
+
+
 def channel_variance(sum_d, sum_d2, m):
     """Biased variance from sums of ``d = x - shift`` and ``d**2`` (shift near the mean).
 

@@ -1,9 +1,8 @@
-"""Shared test data and the tolerance table."""
+"""Shared test data, the tolerance table and comparison helpers."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 #: Relative tolerance (max abs error / max(max abs reference, 1)) by dtype, against
 #: a float64 reference computed from the same (rounded) inputs. The floor of 1 (the
@@ -49,8 +48,3 @@ def symmetric_curvature(size: int, seed: int = 1) -> np.ndarray:
     """A random symmetric positive definite (size, size) matrix."""
     a = np.random.default_rng(seed).normal(size=(size, size))
     return a @ a.T / size + np.eye(size)
-
-
-@pytest.fixture
-def case64():
-    return make_case((6, 3, 4))

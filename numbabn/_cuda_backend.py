@@ -1,0 +1,172 @@
+"""The CUDA backend: device arrays in, device arrays out, kernels from ``kernels.cuda``.
+
+Inputs are CuPy arrays, Numba device arrays (also those of Numba's CUDA
+simulator) or any object with ``__cuda_array_interface__`` (PyTorch CUDA
+tensors, ...). They are viewed as Numba device arrays without a copy; the
+results come back as CuPy arrays when x is a CuPy array, and as Numba device
+arrays otherwise (which CuPy and PyTorch take without a copy through the CUDA
+array interface). Nothing crosses to the host except, for ``eps == 0``, the C
+variances checked for zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .kernels import formulas as f
+
+
+class CudaBackend:
+    """Array plumbing around the ``@cuda.jit`` kernels."""
+
+    name = "cuda"
+
+    def __init__(self) -> None:
+        from numba import cuda
+
+        if not cuda.is_available():
+            raise RuntimeError(
+                "CUDA arrays were given, but CUDA is not usable on this machine "
+                "(numba.cuda.is_available() is False: no driver or no device)"
+            )
+        from .kernels import cuda as kernels
+
+        self.cuda = cuda
+        self.kernels = kernels
+
+    # --- arrays -------------------------------------------------------------------
+    def device(self, a: Any):
+        """A Numba device-array view of a CUDA array (no copy); None stays None."""
+        if a is None or getattr(a, "__cuda_ndarray__", False):
+            return a
+        return self.cuda.as_cuda_array(a)
+
+    def contiguous(self, a: Any, shape: tuple[int, ...]):
+        """A C-contiguous device array with ``shape``; strided CuPy arrays are copied
+        on the device first."""
+        d = self.device(a)
+        if not d.is_c_contiguous():
+            if not _is_cupy(a):
+                raise ValueError(
+                    "a non-contiguous device array was given; numbabn copies strided "
+                    "CUDA inputs only when they are CuPy arrays: pass a contiguous array "
+                    "(e.g. cupy.ascontiguousarray(a))"
+                )
+            import cupy
+
+            d = self.cuda.as_cuda_array(cupy.ascontiguousarray(a))
+        return d.reshape(shape)
+
+    def float64(self, a: Any):
+        return self.channel_rows(a, 1).reshape(tuple(a.shape)[-1])
+
+    def channel_rows(self, a: Any, n_dir: int):
+        """A (C,) or (V, C) per-channel array as a (V, C) float64 device array."""
+        n_ch = tuple(a.shape)[-1]
+        src = self.contiguous(a, (1 if a.ndim == 1 else a.shape[0], n_ch))
+        dst = self.cuda.device_array((n_dir, n_ch), np.float64)
+        self._launch(self.kernels.to_float64_rows, n_dir * n_ch, src, dst)
+        return dst
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype):
+        return self.cuda.device_array(shape, dtype)
+
+    def zeros(self, shape: tuple[int, int, int]):
+        a = self.cuda.device_array(shape, np.float64)
+        self._launch(self.kernels.fill, math.prod(shape), a, 0.0)
+        return a
+
+    def to_host(self, a: Any) -> np.ndarray:
+        return self.device(a).copy_to_host()
+
+    @staticmethod
+    def wrap(a: Any, like: Any = None):
+        """A result as the caller's kind of array: CuPy if ``like`` is CuPy."""
+        if like is not None and _is_cupy(like):
+            import cupy
+
+            return cupy.asarray(a)
+        return a
+
+    def assign(self, dst, v: int, src) -> None:
+        dst[v].copy_to_device(src)
+
+    @staticmethod
+    def freeze(a: Any):
+        return a  # device arrays have no read-only flag
+
+    def parameter_outputs(self, coef, dtype: np.dtype):
+        n_dir, _, n_ch = coef.shape
+        pg = self.cuda.device_array((n_dir, n_ch), dtype)
+        pb = self.cuda.device_array((n_dir, n_ch), dtype)
+        self._launch(self.kernels.parameter_outputs, n_dir * n_ch, coef, pg, pb)
+        return pg, pb
+
+    # --- kernels ------------------------------------------------------------------
+    def shifted_sums(self, x3, first, count: int):
+        k = self.kernels.build(config.CUDA_BLOCK)
+        part = self._reduce(k.shifted_partials, x3, 1, 2, x3, first, float(count))
+        return self._merge(part, 1, 2)[0]
+
+    def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int):
+        k = self.kernels.build(config.CUDA_BLOCK)
+        d = self.device
+        args = (x3, d(mean), d(invstd), dz, h, u, w)
+        part = self._reduce(k.moment_partials, x3, n_dir, f.N_SUMS, *args)
+        return self._merge(part, n_dir, f.N_SUMS)
+
+    def finish_stats(self, first, second, count: int, eps: float):
+        n_ch = first.shape[1]
+        mean, var, invstd = (self.cuda.device_array(n_ch, np.float64) for _ in range(3))
+        self._launch(
+            self.kernels.finish_stats, n_ch, first, second, float(count), eps, mean, var, invstd
+        )
+        return mean, var, invstd
+
+    def coefficients(self, terms: int, sums, gamma, invstd, count: int, ug, ub):
+        n_dir, _, n_ch = sums.shape
+        coef = self.cuda.device_array((n_dir, f.N_COEF, n_ch), np.float64)
+        args = (terms, sums, gamma, self.device(invstd), float(count), ug, ub, coef)
+        self._launch(self.kernels.coefficients, n_dir * n_ch, *args)
+        return coef
+
+    def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
+        d = self.device
+        args = (x3, d(mean), d(invstd), dz, h, u, w, coef, out)
+        self._launch(self.kernels.apply_affine, out.size, *args)
+
+    # --- launches -----------------------------------------------------------------
+    def _launch(self, kernel, n_threads: int, *args) -> None:
+        block = config.CUDA_BLOCK
+        blocks = max(1, min(config.CUDA_MAX_BLOCKS, -(-n_threads // block)))
+        kernel[blocks, block](*args)
+
+    def _reduce(self, kernel, x3, n_dir: int, n_slots: int, *args):
+        """Launch a partial-sum kernel; returns the (S, V, n_slots, C) partials."""
+        pre, n_ch, post = x3.shape
+        block = config.CUDA_BLOCK
+        groups = -(-n_ch // block) if post == 1 else n_ch
+        slices = _slices(pre * post, block, groups * n_dir)
+        part = self.cuda.device_array((slices, n_dir, n_slots, n_ch), np.float64)
+        kernel[(slices, groups, n_dir), block](*args, part)
+        return part
+
+    def _merge(self, part, n_dir: int, n_slots: int):
+        out = self.cuda.device_array((n_dir, n_slots, part.shape[3]), np.float64)
+        self._launch(self.kernels.merge_partials, out.size, part, out)
+        return out
+
+
+def _slices(per_channel: int, block: int, other_blocks: int) -> int:
+    """Blocks along the reduced elements: enough for ``config.CUDA_ELEMENTS_PER_THREAD``
+    elements a thread, at most ``config.CUDA_MAX_BLOCKS`` blocks in all (shape-only)."""
+    wanted = -(-per_channel // (block * config.CUDA_ELEMENTS_PER_THREAD))
+    return max(1, min(wanted, config.CUDA_MAX_BLOCKS // max(1, other_blocks)))
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
