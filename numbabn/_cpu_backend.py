@@ -59,6 +59,10 @@ class CpuBackend:
         return a
 
     @staticmethod
+    def from_host(a: np.ndarray) -> np.ndarray:
+        return a
+
+    @staticmethod
     def wrap(a: np.ndarray, like: Any = None) -> np.ndarray:
         """A result as the caller's kind of array (here: already NumPy)."""
         return a

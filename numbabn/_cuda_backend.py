@@ -83,6 +83,9 @@ class CudaBackend:
     def to_host(self, a: Any) -> np.ndarray:
         return self.device(a).copy_to_host()
 
+    def from_host(self, a: np.ndarray):
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
     @staticmethod
     def wrap(a: Any, like: Any = None):
         """A result as the caller's kind of array: CuPy if ``like`` is CuPy."""

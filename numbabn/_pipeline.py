@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._dispatch import array_kind, select_backend
+from ._sharding import check_comm, reduce_moment_sums
 from ._validation import (
     normalize_axis,
     normalize_eps,
@@ -43,6 +44,8 @@ class Call:
         dtype check.
     optional : tuple of str
         The names in ``arrays`` that may be None (absent).
+    comm : communicator or None
+        Reduce over the shards of all ranks; defaults to ``stats.comm``.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Call:
         backend: str,
         arrays: dict[str, Any],
         optional: tuple[str, ...] = (),
+        comm: Any = None,
     ) -> None:
         self.be = select_backend({"x": x, "gamma": gamma, **arrays}, backend, optional)
         self.dtype = require_float_dtype("x", x.dtype)
@@ -62,7 +66,8 @@ class Call:
             if a is not None:
                 require_float_dtype(name, a.dtype)
         require_same_dtype("x", self.dtype, gamma=gamma, **arrays)
-        self.stats = self._resolve_stats(x, stats, eps, axis)
+        self.stats = self._resolve_stats(x, stats, eps, axis, check_comm(comm))
+        self.comm = self.stats.comm
         self.like = x  # results come back as this kind of array
         self.shape = tuple(x.shape)
         self.axis = self.stats.axis
@@ -71,13 +76,14 @@ class Call:
         require_shape("gamma", gamma, (self.channels,), "one value per channel of x")
         self.gamma = self.be.float64(gamma)
 
-    def _resolve_stats(self, x, stats, eps, axis) -> BatchStats:
+    def _resolve_stats(self, x, stats, eps, axis, comm) -> BatchStats:
         if stats is None:
             return batch_stats(
                 x,
                 DEFAULT_EPS if eps is None else eps,
                 DEFAULT_AXIS if axis is None else axis,
                 backend=self.be.name,
+                comm=comm,
             )
         if not isinstance(stats, BatchStats):
             raise TypeError(
@@ -95,6 +101,8 @@ class Call:
             raise ValueError(
                 f"stats belong to a batch of shape {stats.shape}, but x has shape {tuple(x.shape)}"
             )
+        if comm is not None and comm is not stats.comm:
+            raise ValueError("comm differs from the communicator the stats were reduced over")
         if array_kind("stats.mean", stats.mean) != self.be.name:
             raise TypeError(f"stats live on another backend than x ({self.be.name})")
         return stats
@@ -139,6 +147,10 @@ class Call:
         be, st = self.be, self.stats
         if terms & ~_SUM_FREE_TERMS:
             sums = be.moment_sums(self.x3, st.mean, st.invstd, dz, h, u, w, n_dir)
+            if self.comm is not None:
+                present = {"dz": dz is not None, "h": h is not None, "u": u is not None,
+                           "w": w is not None}  # fmt: skip
+                sums = reduce_moment_sums(self.comm, be, sums, present)
         else:
             sums = be.zeros((n_dir, f.N_SUMS, self.channels))
         coef = be.coefficients(terms, sums, self.gamma, st.invstd, st.count, ug, ub)

@@ -36,6 +36,7 @@ def rvp(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> Any:
     """Residual-vector product ``R(dz) u = sum_i dz_i * (d²z_i/dx dx) u``.
 
@@ -55,6 +56,10 @@ def rvp(
     eps, axis : optional
         Taken from ``stats`` when given; otherwise default to 1e-5 and 1.
     backend : {"auto", "cpu", "cuda"}
+    comm : communicator, optional
+        For a batch sharded across processes (x, dz, u, ... are this rank's
+        shard): reduce over all ranks, like SyncBatchNorm; defaults to
+        ``stats.comm``. Parameter outputs are then global sums.
 
     Returns
     -------
@@ -68,7 +73,7 @@ def rvp(
     >>> numbabn.rvp(x, np.ones(4), dz, u).shape
     (8, 4)
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u})
+    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u}, comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
     out, _ = call.run(f.TERM_RVP, n_dir, dz=dz3, u=u4)
@@ -85,12 +90,13 @@ def ggnvp(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> Any:
     """Generalised Gauss-Newton-vector product ``Jᵀ Hz J u``.
 
     Parameters
     ----------
-    x, gamma, u, stats, eps, axis, backend
+    x, gamma, u, stats, eps, axis, backend, comm
         As in :func:`rvp`.
     hz : array shaped like x, or callable
         The curvature of the loss w.r.t. the layer output. An array means a
@@ -104,7 +110,7 @@ def ggnvp(
     array, shape of u, dtype of x
         Positive semi-definite in u whenever Hz is.
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"u": u, **_hz_array(hz)})
+    call = Call(x, gamma, stats, eps, axis, backend, {"u": u, **_hz_array(hz)}, comm=comm)
     u4, n_dir, batched = call.directions("u", u)
     if callable(hz):
         w4 = _curvature_times_jvp(call, hz, u4, n_dir)
@@ -125,12 +131,13 @@ def hvp(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> Any:
     """Hessian-vector product w.r.t. the input: ``Jᵀ Hz J u + R(dz) u``.
 
     Parameters
     ----------
-    x, gamma, dz, u, stats, eps, axis, backend
+    x, gamma, dz, u, stats, eps, axis, backend, comm
         As in :func:`rvp`.
     hz : array shaped like x, or callable
         Output curvature, as in :func:`ggnvp`. With an array the whole HVP is
@@ -140,7 +147,7 @@ def hvp(
     -------
     array, shape of u, dtype of x
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u, **_hz_array(hz)})
+    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u, **_hz_array(hz)}, comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
     if callable(hz):
@@ -164,6 +171,7 @@ def rop_backward(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> tuple[Any, Any, Any]:
     """R-operator of the layer's backward pass (Pearlmutter 1994).
 
@@ -176,7 +184,7 @@ def rop_backward(
 
     Parameters
     ----------
-    x, gamma, dz, stats, eps, axis, backend
+    x, gamma, dz, stats, eps, axis, backend, comm
         As in :func:`rvp`.
     dz_dot, u : array, shape of x or (V, *x.shape)
         Tangents of dz and x; both carry the same directions.
@@ -190,7 +198,7 @@ def rop_backward(
     dgamma_dot, dbeta_dot : array, shape (C,) or (V, C)
     """
     arrays = {"dz": dz, "dz_dot": dz_dot, "u": u, "u_gamma": u_gamma}
-    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma",))
+    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma",), comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
     w4, n_dir_w, batched_w = call.directions("dz_dot", dz_dot)

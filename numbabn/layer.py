@@ -15,7 +15,14 @@ from .stats import BatchStats
 
 
 def forward(
-    x: Any, gamma: Any, beta: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto"
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    eps: float = 1e-5,
+    axis: int = 1,
+    *,
+    backend: str = "auto",
+    comm: Any = None,
 ) -> tuple[Any, BatchStats]:
     """Training-mode BatchNorm: ``z = gamma * xhat + beta``.
 
@@ -31,6 +38,8 @@ def forward(
         Channel axis (``-1`` for channels-last).
     backend : {"auto", "cpu", "cuda"}
         Force a backend; "auto" picks it from the array type.
+    comm : communicator, optional
+        Batch sharded across processes: see :func:`numbabn.batch_stats`.
 
     Returns
     -------
@@ -47,7 +56,7 @@ def forward(
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    call = Call(x, gamma, None, eps, axis, backend, {"beta": beta})
+    call = Call(x, gamma, None, eps, axis, backend, {"beta": beta}, comm=comm)
     ub = call.channel_tangent("beta", beta, 1, False)
     ug = call.channel_tangent("gamma", gamma, 1, False)
     out, _ = call.run(f.TERM_PARAM, 1, ug=ug, ub=ub)
@@ -65,6 +74,7 @@ def jvp(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> Any:
     """Jacobian-vector product of the layer: ``gamma*P(u) + u_gamma*xhat + u_beta``.
 
@@ -81,13 +91,19 @@ def jvp(
     eps, axis : optional
         Taken from ``stats`` when given; otherwise default to 1e-5 and 1.
     backend : {"auto", "cpu", "cuda"}
+    comm : communicator, optional
+        For a batch sharded across processes (x, dz, u, ... are this rank's
+        shard): reduce over all ranks, like SyncBatchNorm; defaults to
+        ``stats.comm``. Parameter outputs are then global sums.
 
     Returns
     -------
     array, shape of u, dtype of x
     """
     arrays = {"u": u, "u_gamma": u_gamma, "u_beta": u_beta}
-    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma", "u_beta"))
+    call = Call(
+        x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma", "u_beta"), comm=comm
+    )
     u4, n_dir, batched = call.directions("u", u)
     ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
     ub = call.channel_tangent("u_beta", u_beta, n_dir, batched)
@@ -105,6 +121,7 @@ def vjp(
     eps: float | None = None,
     axis: int | None = None,
     backend: str = "auto",
+    comm: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Vector-Jacobian product (the backward pass) of the layer.
 
@@ -114,7 +131,7 @@ def vjp(
         The batch and the scale (C,).
     dz : array, shape of x or (V, *x.shape)
         Output gradient dE/dz (several at once with a leading axis).
-    stats, eps, axis, backend
+    stats, eps, axis, backend, comm
         As in :func:`jvp`.
 
     Returns
@@ -124,7 +141,7 @@ def vjp(
     dgamma, dbeta : array, shape (C,) or (V, C)
         ``sum(dz * xhat)`` and ``sum(dz)`` over the reduced axes.
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz})
+    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz}, comm=comm)
     w4, n_dir, batched = call.directions("dz", dz)
     out, coef = call.run(f.TERM_PROJ_W, n_dir, w=w4)
     return (call.shaped(out, batched), *call.parameter_outputs(coef, batched))

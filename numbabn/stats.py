@@ -9,6 +9,7 @@ import numpy as np
 
 from ._dispatch import select_backend
 from ._layout import canonical_dims
+from ._sharding import check_comm, reduce_stats_pass
 from ._validation import normalize_axis, normalize_eps, require_float_dtype
 
 
@@ -28,7 +29,11 @@ class BatchStats:
     axis : int
         The channel axis (non-negative).
     shape : tuple of int
-        Shape of the batch the statistics belong to.
+        Shape of the batch (this rank's shard) the statistics belong to.
+    comm : communicator or None
+        The communicator the statistics were reduced over (see
+        :mod:`numbabn._sharding`); later calls given these statistics reduce
+        over it too. ``count`` is then the global count.
     """
 
     mean: Any
@@ -38,6 +43,7 @@ class BatchStats:
     eps: float
     axis: int
     shape: tuple[int, ...]
+    comm: Any = None
 
     @property
     def channels(self) -> int:
@@ -45,7 +51,9 @@ class BatchStats:
         return self.shape[self.axis]
 
 
-def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto") -> BatchStats:
+def batch_stats(
+    x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "auto", comm: Any = None
+) -> BatchStats:
     """Per-channel mean, variance and invstd of a batch, in two stable passes.
 
     The first pass computes the mean; the second sums squares centred on it
@@ -61,6 +69,11 @@ def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "aut
         Channel axis; every other axis is reduced. ``-1`` for channels-last.
     backend : {"auto", "cpu", "cuda"}
         Force a backend; "auto" picks it from the array type.
+    comm : communicator, optional
+        For a batch sharded across processes: ``x`` is this rank's shard and
+        the statistics are those of the whole batch (SyncBatchNorm). An mpi4py
+        communicator or an object with ``allreduce_sum(buffer)``; one message
+        per pass (C + 1, then 2C float64 values).
 
     Returns
     -------
@@ -82,11 +95,16 @@ def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "aut
     """
     be = select_backend({"x": x}, backend)
     eps = normalize_eps(eps)
+    comm = check_comm(comm)
     x3, dims = _canonical_batch(be, x, axis)
     pre, _, post = dims
     count = pre * post
     first = be.shifted_sums(x3, None, count)  # sums about zero: the pass-1 mean
+    if comm is not None:
+        first, count = reduce_stats_pass(comm, be, first, count)
     second = be.shifted_sums(x3, first, count)  # sums about the pass-1 mean
+    if comm is not None:
+        second = reduce_stats_pass(comm, be, second)
     mean, var, invstd = be.finish_stats(first, second, count, eps)
     if eps == 0.0:
         zero = np.flatnonzero(be.to_host(var) == 0.0)
@@ -103,6 +121,7 @@ def batch_stats(x: Any, eps: float = 1e-5, axis: int = 1, *, backend: str = "aut
         eps=eps,
         axis=normalize_axis(axis, x.ndim),
         shape=tuple(x.shape),
+        comm=comm,
     )
 
 
