@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,21 @@ class CpuBackend:
         from ._cache import ensure_cache_dir
 
         ensure_cache_dir()
+        _choose_threading_layer()
         from .kernels import cpu
 
         self.kernels = cpu
+        self._workqueue_lock = threading.Lock()
+
+    def _serialized(self):
+        """A lock around kernel calls if Numba runs the workqueue layer (not thread-safe)."""
+        import numba
+
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            return contextlib.nullcontext()
+        return self._workqueue_lock if layer == "workqueue" else contextlib.nullcontext()
 
     # --- arrays -------------------------------------------------------------------
     @staticmethod
@@ -91,14 +105,16 @@ class CpuBackend:
         """Sums of ``x - shift`` and its square, shift = 0 or the mean of ``first``."""
         n_chunks, n_blocks = _tiling(x3.shape)
         first = None if first is None else _readonly(first)
-        return self.kernels.shifted_sums(_rows(x3), first, float(count), n_chunks, n_blocks)
+        with self._serialized():
+            return self.kernels.shifted_sums(_rows(x3), first, float(count), n_chunks, n_blocks)
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
         n_chunks, n_blocks = _tiling(x3.shape)
         r = _rows
-        return self.kernels.moment_sums(
-            r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
-        )
+        with self._serialized():
+            return self.kernels.moment_sums(
+                r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
+            )
 
     def finish_stats(self, first, second, count: int, eps: float):
         return self.kernels.finish_stats(first, second, float(count), eps)
@@ -108,7 +124,8 @@ class CpuBackend:
 
     def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
         r = _rows
-        self.kernels.apply_affine(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out))
+        with self._serialized():
+            self.kernels.apply_affine(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out))
 
 
 def _rows(a: np.ndarray | None) -> np.ndarray | None:
@@ -128,6 +145,27 @@ def _tiling(dims: tuple[int, int, int]) -> tuple[int, int]:
     n_chunks = max(1, min(pre, config.REDUCE_CHUNKS, pre * post // config.MIN_CHUNK_ROWS))
     width = config.CHANNEL_BLOCK if post == 1 else 1
     return n_chunks, (n_ch + width - 1) // width
+
+
+def _choose_threading_layer() -> None:
+    """Ask for a thread-safe Numba threading layer (TBB or OpenMP).
+
+    Numba's default ``workqueue`` layer aborts the process when two Python
+    threads run parallel kernels at once. Unless the user chose a layer
+    (``NUMBA_THREADING_LAYER``), or one is already running, numbabn asks for
+    ``"threadsafe"``: TBB if installed, else OpenMP (GNU libgomp, which ships
+    with gcc's runtime on Linux).
+    """
+    import os
+
+    import numba
+
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    try:
+        numba.threading_layer()  # raises ValueError until a layer is launched
+    except ValueError:
+        numba.config.THREADING_LAYER = "threadsafe"
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

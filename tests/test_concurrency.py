@@ -1,0 +1,82 @@
+"""Concurrent callers and reproducibility: 8 Python threads get exactly the
+single-threaded results, and results are bitwise identical across repeated
+calls and across NUMBA_NUM_THREADS (fixed chunking), checked in fresh processes."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+import numbabn
+
+from cases import make_case
+
+SHAPES = [((64, 8, 3, 5), 1), ((300, 16), 1), ((20, 4, 4, 6), -1)]
+
+
+def all_results(c, axis):
+    x, g = c["x"], c["gamma"]
+    st = numbabn.batch_stats(x, axis=axis)
+    return [
+        st.mean, st.invstd,
+        numbabn.forward(x, g, c["beta"], axis=axis)[0],
+        numbabn.jvp(x, g, c["u"], st, u_gamma=c["u_gamma"]),
+        *numbabn.vjp(x, g, c["dz"], st),
+        numbabn.rvp(x, g, c["dz"], c["u"], st),
+        numbabn.hvp(x, g, c["dz"], c["u"], c["hz"], st),
+        numbabn.ggnvp(x, g, c["u"], c["hz"], st),
+        *numbabn.rop_backward(x, g, c["dz"], c["dz_dot"], c["u"], st),
+    ]  # fmt: skip
+
+
+def test_eight_threads_match_single_threaded_results():
+    jobs = [(make_case(shape, axis, dtype, seed=s, n_dir=2 if s % 2 else None), axis)
+            for s, ((shape, axis), dtype) in enumerate(
+                [(sa, dt) for sa in SHAPES for dt in (np.float32, np.float64)] * 2)]  # fmt: skip
+    expected = [all_results(c, axis) for c, axis in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda job: all_results(*job), jobs))
+            for want_list, got_list in zip(expected, got, strict=True):
+                for want, have in zip(want_list, got_list, strict=True):
+                    np.testing.assert_array_equal(have, want)
+
+
+def test_repeated_calls_are_bitwise_identical():
+    c = make_case((1000, 37), seed=5)
+    first = all_results(c, 1)
+    for _ in range(3):
+        for a, b in zip(first, all_results(c, 1), strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+_SCRIPT = """
+import sys, numpy as np, numba
+sys.path.insert(0, {tests!r})
+from cases import make_case
+from test_concurrency import all_results, SHAPES
+out = {{}}
+for k, (shape, axis) in enumerate(SHAPES + [((4096, 64), 1), ((16, 32, 40, 40), 1)]):
+    for dt in (np.float32, np.float64):
+        for i, r in enumerate(all_results(make_case(shape, axis, dt, seed=k), axis)):
+            out[f"{{k}}_{{dt.__name__}}_{{i}}"] = r
+np.savez({path!r}, layer=numba.threading_layer(), **out)
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path):
+    runs = {}
+    for threads in ("1", "2"):
+        path = tmp_path / f"threads{threads}.npz"
+        script = _SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+        env = {**os.environ, "NUMBA_NUM_THREADS": threads}
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=900)
+        runs[threads] = dict(np.load(path))
+    assert str(runs["1"].pop("layer")) in ("omp", "tbb")  # a thread-safe layer
+    runs["2"].pop("layer")
+    assert runs["1"].keys() == runs["2"].keys()
+    for key, a in runs["1"].items():
+        assert a.tobytes() == runs["2"][key].tobytes(), key

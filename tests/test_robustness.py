@@ -1,0 +1,107 @@
+"""float32 accuracy on large offset batches, Numba's cache on a read-only
+install, and index arithmetic past 2**31 elements."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import numbabn
+from numbabn import closed_form
+from numbabn.kernels import cpu
+
+from cases import relative_error
+
+#: Documented bound: float32 results within this relative error of float64.
+FLOAT32_BOUND = 1e-4
+
+
+@pytest.mark.parametrize("shape", [(10_000_000, 1), (10, 1, 1_000_000)])
+def test_float32_accuracy_far_from_zero(shape):
+    """10**7 elements per channel, x = 1e4 + N(0, 1): two-pass statistics and
+    float64 accumulators keep float32 results within 1e-4 of float64."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    dz, u = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    gamma = np.full(1, 1.5, np.float32)
+    x64 = x.astype(np.float64)  # the reference sees the same rounded inputs
+    st = numbabn.batch_stats(x)
+    assert abs(st.mean[0] - x64.mean()) <= 1e-12 * 1e4
+    assert abs(st.var[0] / x64.var() - 1) <= 1e-10
+    g64, dz64, u64 = gamma.astype(np.float64), dz.astype(np.float64), u.astype(np.float64)
+    errors = {
+        "jvp": relative_error(numbabn.jvp(x, gamma, u, st), closed_form.jvp(x64, g64, u64)),
+        "rvp": relative_error(
+            numbabn.rvp(x, gamma, dz, u, st), closed_form.rvp(x64, g64, dz64, u64)
+        ),
+        "vjp": relative_error(numbabn.vjp(x, gamma, dz, st)[0], closed_form.jvp(x64, g64, dz64)),
+    }
+    assert max(errors.values()) <= FLOAT32_BOUND, errors
+
+
+def test_cache_falls_back_when_package_and_home_are_not_writable(tmp_path):
+    """A read-only install: a file where kernels/__pycache__ would go (so even
+    root cannot write there), HOME unwritable, no NUMBA_CACHE_DIR."""
+    package = Path(numbabn.__file__).parent
+    copy = tmp_path / "site" / "numbabn"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "kernels" / "__pycache__").write_text("not a directory")
+    for path in copy.rglob("*"):
+        path.chmod(0o444 if path.is_file() else 0o555)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME="/dev/null", PYTHONPATH=str(copy.parent))
+    script = (
+        "import numpy as np, numba, numbabn; x = np.ones((4, 3)); x[0] = 2;"
+        "r = numbabn.rvp(x, np.ones(3), x, x); assert np.isfinite(r).all();"
+        "print(numbabn.__file__); print(numba.config.CACHE_DIR)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    where, cache_dir = run.stdout.split()
+    assert where.startswith(str(copy))
+    assert cache_dir.startswith(tempfile.gettempdir())
+
+
+def test_index_arithmetic_has_no_int32_overflow():
+    pre = 2**40 + 7
+    for task in (0, 17, 31):
+        k, lo, hi, c0, c1 = cpu._task_bounds(task, 32, 1, pre, 3)
+        assert (k, lo, hi, c0, c1) == (task, task * pre // 32, (task + 1) * pre // 32, 0, 3)
+    k, lo, hi, c0, c1 = cpu._task_bounds(2**33 + 5, 2**34, 4, pre, 2**20)
+    assert (k, c0, c1) == ((2**33 + 5) // 4, 1 * 2**18, 2 * 2**18)
+
+
+def _available_memory_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.skipif(_available_memory_bytes() < 14 * 2**30, reason="needs ~9 GiB free")
+def test_statistics_of_an_array_over_2_pow_31_elements():
+    """A float32 array of 2**31 + 2048 elements (8.6 GB), in a fresh process."""
+    script = """
+import numpy as np, numbabn
+n = 2**30 + 1024
+x = np.empty((n, 2), np.float32)
+x[:, 0] = 1.0
+x[:, 1] = 0.0
+x[-1, 0] = 3.0          # the very last elements lie past index 2**31
+x[-1, 1] = float(n)
+st = numbabn.batch_stats(x)
+assert abs(st.mean[0] - (1 + 2 / n)) < 1e-12, st.mean
+assert abs(st.mean[1] - 1.0) < 1e-9, st.mean
+assert st.count == n
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
