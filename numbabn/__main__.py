@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbabn demo``."""
+"""Command line: ``python -m numbabn demo`` and ``python -m numbabn hf``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--shape", type=int, nargs="+", default=[32, 64, 56, 56])
     demo.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     demo.add_argument("--repeats", type=int, default=5)
+    train = sub.add_parser("hf", help="Hessian-free training of a BatchNorm MLP on digits")
+    train.add_argument("--steps", type=int, default=20)
+    train.add_argument("--plot", default="hf_digits.png", help="where to save the PNG")
+    train.add_argument("--min-accuracy", type=float, default=0.95)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run
 
         return 0 if run(tuple(args.shape), args.dtype, args.repeats) else 1
+    if args.command == "hf":
+        from .hf.demo import run as train
+
+        accuracy = train(args.steps, args.plot)
+        return 0 if accuracy >= args.min_accuracy else 1
     return 2
 
 
