@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-cpu demo lint clean
+ASV := cd asv_bench && ../$(PY) -m asv
+
+.PHONY: install test demo bench bench-compare asv-smoke lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,23 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest tests
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -p no:cacheprovider tests/gpu
+	$(MAKE) asv-smoke
+
+# The asv suite must import and run: `asv check`, then every benchmark once on tiny shapes.
+asv-smoke: $(STAMP)
+	$(ASV) machine --yes > /dev/null
+	$(ASV) check --python=same
+	NUMBABN_BENCH_SIZE=small $(ASV) run --python=same --quick --show-stderr
+
+# asv on the current commit (results kept for `asv publish`), in this environment.
+bench: $(STAMP)
+	$(ASV) machine --yes > /dev/null
+	$(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD)
+
+# The side-by-side comparison with the autodiff peers (installs the bench extra).
+bench-compare: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m numbabn bench --plot docs/bench.png
 
 # The layer demo (checks against the NumPy closed form), then Hessian-free
 # training on digits (fails below 0.95 test accuracy).

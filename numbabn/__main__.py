@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbabn demo`` and ``python -m numbabn hf``."""
+"""Command line: ``python -m numbabn demo | hf | bench``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--steps", type=int, default=20)
     train.add_argument("--plot", default="hf_digits.png", help="where to save the PNG")
     train.add_argument("--min-accuracy", type=float, default=0.95)
+    bench = sub.add_parser("bench", help="numbabn vs the bandwidth floor and autodiff peers")
+    bench.add_argument("--plot", default="bench.png", help="where to save the PNG ('' for none)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--quick", action="store_true", help="fewer shapes, no V=16 rows")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run
 
         return 0 if run(tuple(args.shape), args.dtype, args.repeats) else 1
+    if args.command == "bench":
+        from .bench import compare
+
+        compare(args.plot or None, args.repeats, args.quick)
+        return 0
     if args.command == "hf":
         from .hf.demo import run as train
 

@@ -73,12 +73,14 @@ def shifted_sums(x, first, count, n_chunks, n_blocks):
     for task in prange(n_chunks * n_blocks):
         k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
         acc = part[k]
+        shift_b, a_1, a_2 = shift[c0:c1], acc[0, c0:c1], acc[1, c0:c1]
         for i in range(lo, hi):
-            if x.ndim == 2:
-                for c in range(c0, c1):
-                    d = np.float64(x[i, c]) - shift[c]
-                    acc[0, c] += d
-                    acc[1, c] += d * d
+            if x.ndim == 2:  # rows: 1-D slices indexed from 0 vectorise (see _rows_moments)
+                x_row = x[i, c0:c1]
+                for c in range(x_row.shape[0]):
+                    d = np.float64(x_row[c]) - shift_b[c]
+                    a_1[c] += d
+                    a_2[c] += d * d
             else:
                 for c in range(c0, c1):
                     s1 = 0.0
@@ -122,37 +124,57 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
 
 @njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
 def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
-    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout."""
+    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout.
+
+    The inner loops index 1-D slices of the channel block from 0: Numba then
+    knows the indices are non-negative, skips the wraparound handling and the
+    loops vectorise (twice as fast as indexing ``[c0, c1)`` directly).
+    """
+    mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
+    a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
+    a_h, a_hx, a_hxx = acc[0, f.S_H, c0:c1], acc[0, f.S_HX, c0:c1], acc[0, f.S_HXX, c0:c1]
     for i in range(lo, hi):
+        x_row = x[i, c0:c1]
+        if dz is not None:
+            dz_row = dz[i, c0:c1]
+        if h is not None:
+            h_row = h[i, c0:c1]
         if dz is not None or h is not None:
-            for c in range(c0, c1):
-                xh = (np.float64(x[i, c]) - mean[c]) * invstd[c]
+            for c in range(x_row.shape[0]):
+                xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
                 if dz is not None:
-                    d = np.float64(dz[i, c])
-                    acc[0, f.S_DZ, c] += d
-                    acc[0, f.S_XDZ, c] += xh * d
+                    d = np.float64(dz_row[c])
+                    a_dz[c] += d
+                    a_xdz[c] += xh * d
                 if h is not None:
-                    hv = np.float64(h[i, c])
-                    acc[0, f.S_H, c] += hv
-                    acc[0, f.S_HX, c] += hv * xh
-                    acc[0, f.S_HXX, c] += hv * xh * xh
+                    hv = np.float64(h_row[c])
+                    a_h[c] += hv
+                    a_hx[c] += hv * xh
+                    a_hxx[c] += hv * xh * xh
         for v in range(n_dir):
-            for c in range(c0, c1):
-                xh = (np.float64(x[i, c]) - mean[c]) * invstd[c]
+            a_u, a_xu, a_dzu = acc[v, f.S_U, c0:c1], acc[v, f.S_XU, c0:c1], acc[v, f.S_DZU, c0:c1]
+            a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
+            a_w, a_xw = acc[v, f.S_W, c0:c1], acc[v, f.S_XW, c0:c1]
+            if u is not None:
+                u_row = u[v, i, c0:c1]
+            if w is not None:
+                w_row = w[v, i, c0:c1]
+            for c in range(x_row.shape[0]):
+                xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
                 if u is not None:
-                    uv = np.float64(u[v, i, c])
-                    acc[v, f.S_U, c] += uv
-                    acc[v, f.S_XU, c] += xh * uv
+                    uv = np.float64(u_row[c])
+                    a_u[c] += uv
+                    a_xu[c] += xh * uv
                     if dz is not None:
-                        acc[v, f.S_DZU, c] += np.float64(dz[i, c]) * uv
+                        a_dzu[c] += np.float64(dz_row[c]) * uv
                     if h is not None:
-                        hu = np.float64(h[i, c]) * uv
-                        acc[v, f.S_HU, c] += hu
-                        acc[v, f.S_HXU, c] += hu * xh
+                        hu = np.float64(h_row[c]) * uv
+                        a_hu[c] += hu
+                        a_hxu[c] += hu * xh
                 if w is not None:
-                    wv = np.float64(w[v, i, c])
-                    acc[v, f.S_W, c] += wv
-                    acc[v, f.S_XW, c] += xh * wv
+                    wv = np.float64(w_row[c])
+                    a_w[c] += wv
+                    a_xw[c] += xh * wv
 
 
 @njit(fastmath=FASTMATH, inline="always", **_OPTIONS)

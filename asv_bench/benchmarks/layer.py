@@ -1,0 +1,119 @@
+"""Every public function x shape x dtype x backend: time, peak memory, and the
+achieved fraction of the memory-traffic floor (so the graphs show efficiency
+across commits). ``NUMBABN_BENCH_SIZE=small`` swaps in tiny shapes (the smoke
+run of `make test`)."""
+
+import ast
+import os
+
+import numpy as np
+
+import numbabn
+from numbabn.bench import FLOOR_PASSES, make_inputs, median_seconds, numbabn_call, stream_bandwidth
+
+SMALL = os.environ.get("NUMBABN_BENCH_SIZE") == "small"
+SHAPES = (
+    ["(64, 16)", "(4, 8, 6, 6)"]
+    if SMALL
+    else ["(4096, 1024)", "(256, 4096)", "(32768, 256)", "(32, 64, 56, 56)", "(32, 28, 28, 128)"]
+)
+
+
+def _cuda_usable() -> bool:
+    try:
+        from numba import cuda
+
+        return cuda.is_available() and not os.environ.get("NUMBA_ENABLE_CUDASIM")
+    except Exception:
+        return False
+
+
+class Layer:
+    params = (list(FLOOR_PASSES), SHAPES, ["float32", "float64"], ["cpu", "cuda"])
+    param_names = ["function", "shape", "dtype", "backend"]
+    timeout = 300
+
+    def setup(self, function, shape, dtype, backend):
+        shape = ast.literal_eval(shape)
+        self.axis = -1 if len(shape) == 4 and shape[-1] == 128 else 1
+        d = make_inputs(shape, self.axis, np.dtype(dtype))
+        self.sync = lambda: None
+        if backend == "cuda":
+            if not _cuda_usable():
+                raise NotImplementedError("no usable CUDA device")
+            import cupy
+
+            d = {k: cupy.asarray(v) for k, v in d.items()}
+            self.sync = cupy.cuda.runtime.deviceSynchronize
+        self.inputs = d
+        self.stats = numbabn.batch_stats(d["x"], axis=self.axis)
+        self.call = numbabn_call(function, d, self.axis, self.stats)
+        self.call()  # compile (JIT) outside the timing
+        self.sync()
+
+    def time_call(self, function, shape, dtype, backend):
+        self.call()
+        self.sync()
+
+    def peakmem_call(self, function, shape, dtype, backend):
+        self.call()
+
+    def track_floor_fraction(self, function, shape, dtype, backend):
+        """Floor time / measured time: 1.0 is the memory-traffic floor."""
+        x = self.inputs["x"]
+        seconds = median_seconds(lambda: (self.call(), self.sync()), repeats=5)
+        if backend == "cuda":
+            return float("nan")  # the CPU triad is no floor for a GPU
+        floor = FLOOR_PASSES[function](1) * x.nbytes / stream_bandwidth(x.size, x.dtype, 5)
+        return floor / seconds
+
+    track_floor_fraction.unit = "fraction of floor"
+
+
+class SeveralDirections:
+    """rvp with 16 directions: x and dz are read once for all of them."""
+
+    params = (SHAPES[:2], ["float64"])
+    param_names = ["shape", "dtype"]
+    timeout = 300
+
+    def setup(self, shape, dtype):
+        shape = ast.literal_eval(shape)
+        d = make_inputs(shape, 1, np.dtype(dtype), n_dir=16)
+        stats = numbabn.batch_stats(d["x"])
+        self.x = d["x"]
+        self.call = numbabn_call("rvp", d, 1, stats)
+        self.call()
+
+    def time_rvp(self, shape, dtype):
+        self.call()
+
+    def track_floor_fraction(self, shape, dtype):
+        seconds = median_seconds(self.call, repeats=3)
+        floor = (
+            FLOOR_PASSES["rvp"](16) * self.x.nbytes / stream_bandwidth(self.x.size, self.x.dtype)
+        )
+        return floor / seconds
+
+    track_floor_fraction.unit = "fraction of floor"
+
+
+class NetworkHVP:
+    """One exact HVP of a BatchNorm MLP (numbabn.hf) vs PyTorch double backward."""
+
+    params = (["numbabn", "torch"],)
+    param_names = ["implementation"]
+    timeout = 300
+
+    def setup(self, implementation):
+        from numbabn.bench import network_hvp_calls
+
+        batch = 64 if SMALL else 1024
+        ours, theirs = network_hvp_calls(batch=batch, width=32 if SMALL else 256)
+        self.call = ours if implementation == "numbabn" else theirs
+        if self.call is None:
+            raise NotImplementedError("torch is not installed")
+        self.call()
+
+    def time_hvp(self, implementation):
+        self.call()
