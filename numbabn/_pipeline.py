@@ -15,7 +15,7 @@ from ._validation import (
     require_shape,
 )
 from .kernels import formulas as f
-from .stats import BatchStats, _canonical_batch, batch_stats
+from .stats import BatchStats, _canonical_batch, stats_of_canonical
 
 DEFAULT_EPS = 1e-5
 DEFAULT_AXIS = 1
@@ -66,25 +66,25 @@ class Call:
             if a is not None:
                 require_float_dtype(name, a.dtype)
         require_same_dtype("x", self.dtype, gamma=gamma, **arrays)
-        self.stats = self._resolve_stats(x, stats, eps, axis, check_comm(comm))
+        comm = check_comm(comm)
+        if stats is None:  # validate and lay out x once, for the statistics and the call
+            axis = DEFAULT_AXIS if axis is None else axis
+            self.x3, self.dims = _canonical_batch(self.be, x, axis)
+            eps = DEFAULT_EPS if eps is None else eps
+            self.stats = stats_of_canonical(self.be, x, self.x3, self.dims, eps, axis, comm)
+        else:
+            self.stats = self._check_stats(x, stats, eps, axis, comm)
+            self.x3, self.dims = _canonical_batch(self.be, x, self.stats.axis)
         self.comm = self.stats.comm
         self.like = x  # results come back as this kind of array
         self.shape = tuple(x.shape)
         self.axis = self.stats.axis
-        self.x3, self.dims = _canonical_batch(self.be, x, self.axis)
         self.channels = self.dims[1]
         require_shape("gamma", gamma, (self.channels,), "one value per channel of x")
         self.gamma = self.be.float64(gamma)
 
-    def _resolve_stats(self, x, stats, eps, axis, comm) -> BatchStats:
-        if stats is None:
-            return batch_stats(
-                x,
-                DEFAULT_EPS if eps is None else eps,
-                DEFAULT_AXIS if axis is None else axis,
-                backend=self.be.name,
-                comm=comm,
-            )
+    def _check_stats(self, x, stats, eps, axis, comm) -> BatchStats:
+        """``stats`` if it belongs to ``x`` and agrees with ``eps``, ``axis``, ``comm``."""
         if not isinstance(stats, BatchStats):
             raise TypeError(
                 f"stats must be a BatchStats from numbabn.batch_stats, got {type(stats).__name__}"

@@ -3,24 +3,13 @@ against the NumPy closed form, with a timing table."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 
 from . import closed_form
+from .bench import median_seconds
 from .curvature import hvp, rvp
 from .layer import forward, jvp
 from .stats import batch_stats
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def run(shape: tuple[int, ...] = (32, 64, 56, 56), dtype=np.float32, repeats: int = 5) -> bool:
@@ -54,8 +43,8 @@ def run(shape: tuple[int, ...] = (32, 64, 56, 56), dtype=np.float32, repeats: in
         got, want = fast(), slow()  # the first call also compiles
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1.0))
         ok &= err <= tolerance
-        t_fast = _median_seconds(fast, repeats)
-        t_slow = _median_seconds(slow, max(1, repeats // 2))
+        t_fast = median_seconds(fast, repeats, warmup=0)
+        t_slow = median_seconds(slow, max(1, repeats // 2), warmup=0)
         rows.append((name, err, t_fast, t_slow))
 
     print(f"{'operation':<10}{'max rel err':>12}{'numbabn ms':>12}{'NumPy ms':>12}{'speed-up':>10}")

@@ -94,9 +94,14 @@ def batch_stats(
     (array([4.5, 6.5]), 6)
     """
     be = select_backend({"x": x}, backend)
+    x3, dims = _canonical_batch(be, x, axis)
+    return stats_of_canonical(be, x, x3, dims, eps, axis, comm)
+
+
+def stats_of_canonical(be, x: Any, x3: Any, dims, eps: Any, axis: Any, comm: Any) -> BatchStats:
+    """:func:`batch_stats` of a batch already validated and in canonical layout ``x3``."""
     eps = normalize_eps(eps)
     comm = check_comm(comm)
-    x3, dims = _canonical_batch(be, x, axis)
     pre, _, post = dims
     count = pre * post
     first = be.shifted_sums(x3, None, count)  # sums about zero: the pass-1 mean
