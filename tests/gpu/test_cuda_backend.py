@@ -146,3 +146,24 @@ def test_cupy_in_cupy_out():
     strided = cupy.asarray(np.asfortranarray(c["x"]))
     np.testing.assert_allclose(numbabn.batch_stats(strided).mean.get(),
                                numbabn.batch_stats(c["x"]).mean, rtol=1e-12)  # fmt: skip
+
+
+class _SingleRank:
+    """The allreduce_sum protocol with one rank; counts the messages."""
+
+    messages = 0
+
+    def allreduce_sum(self, buffer):
+        assert isinstance(buffer, np.ndarray) and buffer.dtype == np.float64
+        _SingleRank.messages += 1
+
+
+def test_sharding_path_round_trips_device_sums():
+    """With comm=, device sums go to the host for the allreduce and come back."""
+    c = make_case((4, 3, 2))
+    d = to_device(c)
+    comm = _SingleRank()
+    st = numbabn.batch_stats(d["x"], comm=comm)
+    got = numbabn.rvp(d["x"], d["gamma"], d["dz"], d["u"], st)
+    assert _SingleRank.messages == 3 and st.comm is comm
+    assert_device_matches(got, numbabn.rvp(c["x"], c["gamma"], c["dz"], c["u"]), np.float64, "rvp")
