@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 STAMP := $(VENV)/.installed
 
-ASV := cd asv_bench && ../$(PY) -m asv
+ASV := ../$(PY) -m asv
 
 .PHONY: install test demo bench bench-compare asv-smoke lint clean
 
@@ -32,14 +32,14 @@ test: $(STAMP) lint
 
 # The asv suite must import and run: `asv check`, then every benchmark once on tiny shapes.
 asv-smoke: $(STAMP)
-	$(ASV) machine --yes > /dev/null
-	$(ASV) check --python=same
-	NUMBABN_BENCH_SIZE=small $(ASV) run --python=same --quick --show-stderr
+	cd asv_bench && $(ASV) machine --yes > /dev/null
+	cd asv_bench && NUMBABN_BENCH_SIZE=small $(ASV) check --python=same
+	cd asv_bench && NUMBABN_BENCH_SIZE=small $(ASV) run --python=same --quick --show-stderr
 
 # asv on the current commit (results kept for `asv publish`), in this environment.
 bench: $(STAMP)
-	$(ASV) machine --yes > /dev/null
-	$(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD)
+	cd asv_bench && $(ASV) machine --yes > /dev/null
+	cd asv_bench && $(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD)
 
 # The side-by-side comparison with the autodiff peers (installs the bench extra).
 bench-compare: $(STAMP)

@@ -2,12 +2,14 @@
 curvature products need (Pearlmutter 1994):
 
 * ``forward(params, a)`` -> (output, cache)
-* ``tangent(params, dparams, cache, da)`` -> output tangent (forward mode, "R{z}")
+* ``tangent(params, dparams, cache, da)`` -> output tangent (forward mode, "R{z}");
+  ``da=None`` means a zero input tangent (the network's input is data)
 * ``backward(params, cache, g)`` -> (input gradient, parameter gradients)
-* ``rop_backward(params, dparams, cache, da, dz, g, dg)`` -> the tangents of
-  ``backward``'s outputs when the input moves by ``da``, the parameters by
-  ``dparams`` and the output gradient ``g`` by ``dg`` (``dz`` is the output
-  tangent from ``tangent``).
+* ``input_gradient(params, cache, g)`` -> the input gradient alone
+* ``rop_backward(params, dparams, cache, da, dz, g, dg, need_input=True)`` -> the
+  tangents of ``backward``'s outputs when the input moves by ``da``, the
+  parameters by ``dparams`` and the output gradient ``g`` by ``dg`` (``dz`` is
+  the output tangent from ``tangent``); the input part is None unless needed.
 
 Parameters are tuples of arrays; every array follows the input's namespace
 (NumPy or CuPy).
@@ -41,16 +43,20 @@ class Linear:
     def tangent(self, p, dp, a, da):
         w, _ = p
         dw, db = dp
-        return da @ w.T + a @ dw.T + db
+        out = a @ dw.T + db
+        return out if da is None else out + da @ w.T
 
     def backward(self, p, a, g):
-        w, _ = p
-        return g @ w, (g.T @ a, g.sum(axis=0))
+        return self.input_gradient(p, a, g), (g.T @ a, g.sum(axis=0))
 
-    def rop_backward(self, p, dp, a, da, dz, g, dg):
+    def input_gradient(self, p, a, g):
+        return g @ p[0]
+
+    def rop_backward(self, p, dp, a, da, dz, g, dg, need_input=True):
         w, _ = p
         dw, _ = dp
-        return dg @ w + g @ dw, (dg.T @ a + g.T @ da, dg.sum(axis=0))
+        dgw = dg.T @ a if da is None else dg.T @ a + g.T @ da
+        return (dg @ w + g @ dw) if need_input else None, (dgw, dg.sum(axis=0))
 
 
 class BatchNorm:
@@ -70,6 +76,7 @@ class BatchNorm:
 
     def tangent(self, p, dp, cache, da):
         a, stats = cache
+        da = _xp(a).zeros_like(a) if da is None else da
         return numbabn.jvp(a, p[0], da, stats, u_gamma=dp[0], u_beta=dp[1])
 
     def backward(self, p, cache, g):
@@ -77,8 +84,12 @@ class BatchNorm:
         dx, dgamma, dbeta = numbabn.vjp(a, p[0], g, stats)
         return dx, (dgamma, dbeta)
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg):
+    def input_gradient(self, p, cache, g):
+        return self.backward(p, cache, g)[0]
+
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
         a, stats = cache
+        da = _xp(a).zeros_like(a) if da is None else da
         dx, dgamma, dbeta = numbabn.rop_backward(a, p[0], g, dg, da, stats, u_gamma=dp[0])
         return dx, (dgamma, dbeta)
 
@@ -96,14 +107,20 @@ class _Elementwise:
         return z, (a, z)
 
     def tangent(self, p, dp, cache, da):
-        return self.df(*cache) * da
+        return 0.0 * cache[0] if da is None else self.df(*cache) * da
 
     def backward(self, p, cache, g):
-        return self.df(*cache) * g, ()
+        return self.input_gradient(p, cache, g), ()
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg):
+    def input_gradient(self, p, cache, g):
+        return self.df(*cache) * g
+
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
+        if not need_input:
+            return None, ()
         a, z = cache
-        return self.df(a, z) * dg + self.d2f(a, z) * da * g, ()
+        second = 0.0 if da is None else self.d2f(a, z) * da * g
+        return self.df(a, z) * dg + second, ()
 
 
 class Tanh(_Elementwise):

@@ -93,8 +93,9 @@ class Sequential:
         return grads
 
     def _tangents(self, params, dparams, caches, X):
-        """Forward tangents (J v): the input tangent of every layer and the output tangent."""
-        inputs, da = [], 0.0 * X
+        """Forward tangents (J v): the input tangent of every layer and the output
+        tangent. The network input is data: its tangent is None (zero)."""
+        inputs, da = [], None
         for layer, p, dp, cache in zip(self.layers, params, dparams, caches, strict=True):
             inputs.append(da)
             da = layer.tangent(p, dp, cache, da)
@@ -138,8 +139,11 @@ class Sequential:
         outputs = [*inputs[1:], dz]  # each layer's output tangent
         for k in range(len(self.layers) - 1, -1, -1):
             layer, p, dp, cache = self.layers[k], params[k], dparams[k], caches[k]
-            g_in, _ = layer.backward(p, cache, g)
-            dg, rgrads[k] = layer.rop_backward(p, dp, cache, inputs[k], outputs[k], g, dg)
+            first = k == 0  # the network input needs no gradient
+            g_in = None if first else layer.input_gradient(p, cache, g)
+            dg, rgrads[k] = layer.rop_backward(
+                p, dp, cache, inputs[k], outputs[k], g, dg, need_input=not first
+            )
             g = g_in
         return self._flatten(rgrads, xp)
 
