@@ -124,7 +124,8 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
 
 @njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
 def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
-    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout.
+    """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout, one
+    pass over each row: the direction-independent sums ride along with direction 0.
 
     The inner loops index 1-D slices of the channel block from 0: Numba then
     knows the indices are non-negative, skips the wraparound handling and the
@@ -139,18 +140,6 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
             dz_row = dz[i, c0:c1]
         if h is not None:
             h_row = h[i, c0:c1]
-        if dz is not None or h is not None:
-            for c in range(x_row.shape[0]):
-                xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
-                if dz is not None:
-                    d = np.float64(dz_row[c])
-                    a_dz[c] += d
-                    a_xdz[c] += xh * d
-                if h is not None:
-                    hv = np.float64(h_row[c])
-                    a_h[c] += hv
-                    a_hx[c] += hv * xh
-                    a_hxx[c] += hv * xh * xh
         for v in range(n_dir):
             a_u, a_xu, a_dzu = acc[v, f.S_U, c0:c1], acc[v, f.S_XU, c0:c1], acc[v, f.S_DZU, c0:c1]
             a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
@@ -159,16 +148,28 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
                 u_row = u[v, i, c0:c1]
             if w is not None:
                 w_row = w[v, i, c0:c1]
+            once = v == 0  # direction-independent sums ride along with direction 0
             for c in range(x_row.shape[0]):
                 xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
+                if dz is not None:
+                    d = np.float64(dz_row[c])
+                    if once:
+                        a_dz[c] += d
+                        a_xdz[c] += xh * d
+                if h is not None:
+                    hv = np.float64(h_row[c])
+                    if once:
+                        a_h[c] += hv
+                        a_hx[c] += hv * xh
+                        a_hxx[c] += hv * xh * xh
                 if u is not None:
                     uv = np.float64(u_row[c])
                     a_u[c] += uv
                     a_xu[c] += xh * uv
                     if dz is not None:
-                        a_dzu[c] += np.float64(dz_row[c]) * uv
+                        a_dzu[c] += d * uv
                     if h is not None:
-                        hu = np.float64(h_row[c]) * uv
+                        hu = hv * uv
                         a_hu[c] += hu
                         a_hxu[c] += hu * xh
                 if w is not None:
