@@ -39,10 +39,6 @@ class CpuBackend:
 
     # --- arrays -------------------------------------------------------------------
     @staticmethod
-    def owns(a: Any) -> bool:
-        return isinstance(a, np.ndarray)
-
-    @staticmethod
     def contiguous(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """A read-only, C-contiguous view of ``a`` with ``shape`` (copies only if needed).
 

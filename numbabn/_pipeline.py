@@ -15,7 +15,7 @@ from ._validation import (
     require_shape,
 )
 from .kernels import formulas as f
-from .stats import BatchStats, _canonical_batch, stats_of_canonical
+from .stats import BatchStats, canonical_batch, stats_of_canonical
 
 DEFAULT_EPS = 1e-5
 DEFAULT_AXIS = 1
@@ -69,12 +69,12 @@ class Call:
         comm = check_comm(comm)
         if stats is None:  # validate and lay out x once, for the statistics and the call
             axis = DEFAULT_AXIS if axis is None else axis
-            self.x3, self.dims = _canonical_batch(self.be, x, axis)
+            self.x3, self.dims = canonical_batch(self.be, x, axis)
             eps = DEFAULT_EPS if eps is None else eps
             self.stats = stats_of_canonical(self.be, x, self.x3, self.dims, eps, axis, comm)
         else:
             self.stats = self._check_stats(x, stats, eps, axis, comm)
-            self.x3, self.dims = _canonical_batch(self.be, x, self.stats.axis)
+            self.x3, self.dims = canonical_batch(self.be, x, self.stats.axis)
         self.comm = self.stats.comm
         self.like = x  # results come back as this kind of array
         self.shape = tuple(x.shape)

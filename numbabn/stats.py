@@ -94,7 +94,7 @@ def batch_stats(
     (array([4.5, 6.5]), 6)
     """
     be = select_backend({"x": x}, backend)
-    x3, dims = _canonical_batch(be, x, axis)
+    x3, dims = canonical_batch(be, x, axis)
     return stats_of_canonical(be, x, x3, dims, eps, axis, comm)
 
 
@@ -130,7 +130,7 @@ def stats_of_canonical(be, x: Any, x3: Any, dims, eps: Any, axis: Any, comm: Any
     )
 
 
-def _canonical_batch(be, x: Any, axis: Any):
+def canonical_batch(be, x: Any, axis: Any):
     """Validate a batch ``x`` and return its canonical (pre, C, post) view and dims."""
     require_float_dtype("x", x.dtype)
     if x.ndim < 2:

@@ -117,7 +117,7 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
             _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
     sums = _merge_chunks(part)
     for v in range(1, n_dir):
-        for slot in (f.S_DZ, f.S_XDZ, f.S_H, f.S_HX, f.S_HXX):
+        for slot in f.DIRECTION_INDEPENDENT_SLOTS:
             sums[v, slot, :] = sums[0, slot, :]
     return sums
 

@@ -71,7 +71,11 @@ def _reduce_lanes(sm, n_slots, lanes):
 
 @_device
 def _is_direction_independent(q):
-    return q == f.S_DZ or q == f.S_XDZ or q == f.S_H or q == f.S_HX or q == f.S_HXX
+    """``q in formulas.DIRECTION_INDEPENDENT_SLOTS``."""
+    for slot in f.DIRECTION_INDEPENDENT_SLOTS:
+        if q == slot:
+            return True
+    return False
 
 
 @cuda.jit

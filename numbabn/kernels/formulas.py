@@ -31,6 +31,8 @@ S_HXU = 9  # sum h*xhat*u
 S_W = 10  # sum w
 S_XW = 11  # sum xhat*w
 N_SUMS = 12
+#: Slots that do not depend on the direction (filled once, shared by all V).
+DIRECTION_INDEPENDENT_SLOTS = (S_DZ, S_XDZ, S_H, S_HX, S_HXX)
 
 # --- coefficient slots (axis 1 of the ``coef`` array, shape (V, N_COEF, C)) -------
 K_U = 0
