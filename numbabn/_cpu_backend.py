@@ -61,6 +61,20 @@ class CpuBackend:
         return np.empty(shape, dtype=dtype)
 
     @staticmethod
+    def writable_view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A view of the caller's ``out`` with ``shape``; ValueError unless it can be written."""
+        if not a.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        if not a.flags.writeable:
+            raise ValueError("out is read-only")
+        return a.reshape(shape)
+
+    @staticmethod
+    def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether the memory bounds of two arrays intersect."""
+        return np.may_share_memory(a, b)
+
+    @staticmethod
     def zeros(shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape)
 
@@ -97,12 +111,16 @@ class CpuBackend:
     # When post == 1 the channel axis is the contiguous one, and the kernels get
     # the "rows" views (pre, C) / (V, pre, C) so their inner loops run along it.
 
-    def shifted_sums(self, x3: np.ndarray, first: np.ndarray | None, count: int) -> np.ndarray:
-        """Sums of ``x - shift`` and its square, shift = 0 or the mean of ``first``."""
+    @staticmethod
+    def first_elements(x3: np.ndarray) -> np.ndarray:
+        """The first element of each channel, as a (C,) float64 array."""
+        return _readonly(np.array(x3[0, :, 0], dtype=np.float64))
+
+    def shifted_sums(self, x3: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """Per-channel sums of ``x - shift`` and its square, (2, C) float64."""
         n_chunks, n_blocks = _tiling(x3.shape)
-        first = None if first is None else _readonly(first)
         with self._serialized():
-            return self.kernels.shifted_sums(_rows(x3), first, float(count), n_chunks, n_blocks)
+            return self.kernels.shifted_sums(_rows(x3), _readonly(shift), n_chunks, n_blocks)
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
         n_chunks, n_blocks = _tiling(x3.shape)
@@ -112,8 +130,8 @@ class CpuBackend:
                 r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
             )
 
-    def finish_stats(self, first, second, count: int, eps: float):
-        return self.kernels.finish_stats(first, second, float(count), eps)
+    def finish_stats(self, shift, sums, count: int, eps: float):
+        return self.kernels.finish_stats(_readonly(shift), sums, float(count), eps)
 
     def coefficients(self, terms: int, sums, gamma, invstd, count: int, ug, ub):
         return self.kernels.coefficients(terms, sums, gamma, invstd, float(count), ug, ub)

@@ -61,6 +61,20 @@ class CudaBackend:
             d = self.cuda.as_cuda_array(cupy.ascontiguousarray(a))
         return d.reshape(shape)
 
+    def writable_view(self, a: Any, shape: tuple[int, ...]):
+        """A device-array view of the caller's ``out`` with ``shape`` (C-contiguous only)."""
+        d = self.device(a)
+        if not d.is_c_contiguous():
+            raise ValueError("out must be C-contiguous")
+        return d.reshape(shape)
+
+    @staticmethod
+    def overlaps(a: Any, b: Any) -> bool:
+        """Whether the device memory ranges of two arrays intersect (False when a
+        range is unknown, as for the simulator's arrays)."""
+        ra, rb = _byte_range(a), _byte_range(b)
+        return ra is not None and rb is not None and ra[0] < rb[1] and rb[0] < ra[1]
+
     def float64(self, a: Any):
         return self.channel_rows(a, 1).reshape(tuple(a.shape)[-1])
 
@@ -110,9 +124,14 @@ class CudaBackend:
         return pg, pb
 
     # --- kernels ------------------------------------------------------------------
-    def shifted_sums(self, x3, first, count: int):
+    def first_elements(self, x3):
+        out = self.cuda.device_array(x3.shape[1], np.float64)
+        self._launch(self.kernels.first_elements, x3.shape[1], x3, out)
+        return out
+
+    def shifted_sums(self, x3, shift):
         k = self.kernels.build(config.CUDA_BLOCK)
-        part = self._reduce(k.shifted_partials, x3, 1, 2, x3, first, float(count))
+        part = self._reduce(k.shifted_partials, x3, 1, 2, x3, self.device(shift))
         return self._merge(part, 1, 2)[0]
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int):
@@ -122,12 +141,11 @@ class CudaBackend:
         part = self._reduce(k.moment_partials, x3, n_dir, f.N_SUMS, *args)
         return self._merge(part, n_dir, f.N_SUMS)
 
-    def finish_stats(self, first, second, count: int, eps: float):
-        n_ch = first.shape[1]
+    def finish_stats(self, shift, sums, count: int, eps: float):
+        n_ch = sums.shape[1]
         mean, var, invstd = (self.cuda.device_array(n_ch, np.float64) for _ in range(3))
-        self._launch(
-            self.kernels.finish_stats, n_ch, first, second, float(count), eps, mean, var, invstd
-        )
+        args = (self.device(shift), sums, float(count), eps, mean, var, invstd)
+        self._launch(self.kernels.finish_stats, n_ch, *args)
         return mean, var, invstd
 
     def coefficients(self, terms: int, sums, gamma, invstd, count: int, ug, ub):
@@ -169,6 +187,30 @@ def _slices(per_channel: int, block: int, other_blocks: int) -> int:
     elements a thread, at most ``config.CUDA_MAX_BLOCKS`` blocks in all (shape-only)."""
     wanted = -(-per_channel // (block * config.CUDA_ELEMENTS_PER_THREAD))
     return max(1, min(wanted, config.CUDA_MAX_BLOCKS // max(1, other_blocks)))
+
+
+def _byte_range(a: Any) -> tuple[int, int] | None:
+    """[first, last + 1) byte addresses of a CUDA array, from its array interface."""
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is None:
+        return None
+    start = cai["data"][0]
+    itemsize = np.dtype(cai["typestr"]).itemsize
+    shape = cai["shape"]
+    if 0 in shape:
+        return start, start
+    strides = cai.get("strides") or _c_strides(shape, itemsize)
+    lo = start + sum(min(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
+    hi = start + sum(max(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True)) + itemsize
+    return lo, hi
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def _is_cupy(a: Any) -> bool:

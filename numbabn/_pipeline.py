@@ -61,6 +61,7 @@ class Call:
         comm: Any = None,
     ) -> None:
         self.be = select_backend({"x": x, "gamma": gamma, **arrays}, backend, optional)
+        self.inputs = {"x": x, "gamma": gamma, **arrays}  # for the overlap check of ``out``
         self.dtype = require_float_dtype("x", x.dtype)
         for name, a in arrays.items():
             if a is not None:
@@ -140,10 +141,35 @@ class Call:
         expected = f"({c},) or ({n_dir}, {c})" if batched else f"({c},)"
         raise ValueError(f"{name} has shape {tuple(a.shape)}; expected {expected}")
 
+    def output(self, out: Any, n_dir: int, batched: bool):
+        """The caller's ``out`` array as a writable (V, pre, C, post) view, or None.
+
+        ``out`` must be an array of the same kind as x (NumPy or CUDA), shaped
+        like the result, of x's dtype, C-contiguous, writeable, and must not
+        share memory with any input.
+        """
+        if out is None:
+            return None
+        kind = array_kind("out", out)
+        if kind != self.be.name:
+            raise TypeError(f"out is a {kind} array but x is a {self.be.name} array")
+        shape = (n_dir, *self.shape) if batched else self.shape
+        require_shape("out", out, shape, "the shape of the result")
+        if out.dtype != self.dtype:
+            raise TypeError(f"out has dtype {out.dtype}; expected x's dtype {self.dtype}")
+        view = self.be.writable_view(out, (n_dir, *self.dims))
+        for name, a in self.inputs.items():
+            if a is not None and self.be.overlaps(out, a):
+                raise ValueError(f"out shares memory with {name}; pass a separate array")
+        return view
+
     # --- the pipeline ---------------------------------------------------------------
-    def run(self, terms: int, n_dir: int, *, dz=None, h=None, u=None, w=None, ug=None, ub=None):
+    def run(
+        self, terms: int, n_dir: int, *, dz=None, h=None, u=None, w=None, ug=None, ub=None, out=None
+    ):
         """Reduce, compute coefficients, apply. Returns ``(out, coef)`` with
-        ``out`` of shape (V, pre, C, post) in x's dtype and ``coef`` (V, N_COEF, C)."""
+        ``out`` of shape (V, pre, C, post) in x's dtype (the given ``out`` view
+        when not None, else a new array) and ``coef`` (V, N_COEF, C)."""
         be, st = self.be, self.stats
         if terms & ~_SUM_FREE_TERMS:
             sums = be.moment_sums(self.x3, st.mean, st.invstd, dz, h, u, w, n_dir)
@@ -154,14 +180,18 @@ class Call:
         else:
             sums = be.zeros((n_dir, f.N_SUMS, self.channels))
         coef = be.coefficients(terms, sums, self.gamma, st.invstd, st.count, ug, ub)
-        out = be.empty((n_dir, *self.dims), self.dtype)
+        if out is None:
+            out = be.empty((n_dir, *self.dims), self.dtype)
         be.apply_affine(self.x3, st.mean, st.invstd, dz, h, u, w, coef, out)
         return out, coef
 
-    def shaped(self, out, batched: bool):
-        """A (V, pre, C, post) result as x.shape or (V, *x.shape), in the caller's kind."""
-        shape = (out.shape[0], *self.shape) if batched else self.shape
-        return self.be.wrap(out.reshape(shape), self.like)
+    def shaped(self, res, batched: bool, out: Any = None):
+        """A (V, pre, C, post) result as x.shape or (V, *x.shape), in the caller's
+        kind; the caller's ``out`` array itself when one was given."""
+        if out is not None:
+            return out
+        shape = (res.shape[0], *self.shape) if batched else self.shape
+        return self.be.wrap(res.reshape(shape), self.like)
 
     def parameter_outputs(self, coef, batched: bool):
         """The (gamma, beta) outputs of the apply coefficients, in x's dtype."""

@@ -43,18 +43,20 @@ def allreduce_sum(comm: Any, buffer: np.ndarray) -> None:
     comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
 
 
-def reduce_stats_pass(comm: Any, be, sums, count: int | None = None):
-    """Sum one statistics pass (2, C) over ranks. With ``count``, only the first
-    row (the pass-1 sums) and the count travel, and ``(sums, global count)`` is
-    returned; otherwise both rows travel and the sums are returned."""
+def reduce_stats_pass(comm: Any, be, sums):
+    """Sum the (2, C) sums of a statistics pass over ranks (one message of 2C values)."""
     host = np.array(be.to_host(sums), dtype=np.float64)
-    if count is None:
-        allreduce_sum(comm, host.reshape(-1))
-        return be.from_host(host)
-    buffer = np.append(host[0], float(count))
+    allreduce_sum(comm, host.reshape(-1))
+    return be.from_host(host)
+
+
+def global_mean(comm: Any, be, sums, count: int):
+    """The mean over all ranks from this rank's (2, C) sums about zero and element
+    count (one message of C + 1 values). Returns ``(mean (C,), global count)``."""
+    buffer = np.append(np.asarray(be.to_host(sums), dtype=np.float64)[0], float(count))
     allreduce_sum(comm, buffer)
-    host[0] = buffer[:-1]
-    return be.from_host(host), int(round(buffer[-1]))
+    total = int(round(buffer[-1]))
+    return be.from_host(buffer[:-1] / total), total
 
 
 def sum_slots(present: dict[str, bool]) -> tuple[list[int], list[int]]:

@@ -77,13 +77,16 @@ def make_inputs(shape, axis: int = 1, dtype: Any = np.float64, n_dir: int | None
     return {k: v.astype(dtype) for k, v in d.items()}
 
 
-def numbabn_call(name: str, d: dict, axis: int, stats=None) -> Callable[[], Any]:
-    """A zero-argument call of numbabn's ``name`` on the inputs ``d``."""
+def numbabn_call(name: str, d: dict, axis: int, stats=None, out=None) -> Callable[[], Any]:
+    """A zero-argument call of numbabn's ``name`` on the inputs ``d``; ``out``, when
+    given, receives the x-shaped result (it must be shaped like ``d["u"]``)."""
     x, g = d["x"], d["gamma"]
     kw = {"axis": axis} if stats is None else {}
+    if out is not None:
+        kw["out"] = out
     calls = {
         "batch_stats": lambda: numbabn.batch_stats(x, axis=axis),
-        "forward": lambda: numbabn.forward(x, g, d["beta"], axis=axis),
+        "forward": lambda: numbabn.forward(x, g, d["beta"], axis=axis, out=out),
         "jvp": lambda: numbabn.jvp(x, g, d["u"], stats, **kw),
         "vjp": lambda: numbabn.vjp(x, g, d["dz"], stats, **kw),
         "rvp": lambda: numbabn.rvp(x, g, d["dz"], d["u"], stats, **kw),
@@ -234,7 +237,8 @@ CASES = [((4096, 1024), 1), ((256, 4096), 1), ((32768, 256), 1), ((32, 64, 56, 5
 
 
 def efficiency_table(dtypes=(np.float32, np.float64), repeats: int = 7, n_dir: int = 16):
-    """Fraction of the bandwidth floor of every operation (statistics given)."""
+    """Time over the bandwidth floor of every operation (statistics given, results
+    written into a preallocated ``out``, as the floor's triad does)."""
     rows = []
     cases = [(s, a, dt) for s, a in CASES for dt in dtypes]
     for shape, axis, dtype in _progress(cases, "efficiency"):
@@ -242,14 +246,16 @@ def efficiency_table(dtypes=(np.float32, np.float64), repeats: int = 7, n_dir: i
         st = numbabn.batch_stats(d["x"], axis=axis)
         bw = stream_bandwidth(d["x"].size, dtype, repeats)
         array_seconds = d["x"].nbytes / bw
+        out = np.empty_like(d["u"])
         for op in FLOOR_PASSES:
-            seconds = median_seconds(numbabn_call(op, d, axis, st), repeats)
+            seconds = median_seconds(numbabn_call(op, d, axis, st, out), repeats)
             rows.append((shape, np.dtype(dtype).name, op, 1, seconds,
                          FLOOR_PASSES[op](1) * array_seconds))  # fmt: skip
         if n_dir:
             dv = make_inputs(shape, axis, dtype, n_dir=n_dir)
             dv["x"], dv["dz"] = d["x"], d["dz"]
-            seconds = median_seconds(numbabn_call("rvp", dv, axis, st), max(3, repeats // 2))
+            call = numbabn_call("rvp", dv, axis, st, np.empty_like(dv["u"]))
+            seconds = median_seconds(call, max(3, repeats // 2))
             rows.append((shape, np.dtype(dtype).name, "rvp", n_dir, seconds,
                          FLOOR_PASSES["rvp"](n_dir) * array_seconds))  # fmt: skip
     return rows
@@ -284,7 +290,7 @@ def compare(plot_path: str | None = "bench.png", repeats: int = 5, quick: bool =
     print(f"threads: {numba.get_num_threads()}, threading layer after first call below")
     eff = efficiency_table(repeats=repeats, n_dir=0 if quick else 16)
     print(f"\nnumbabn vs its memory-traffic floor (threads: {numba.get_num_threads()}, "
-          f"layer: {numba.threading_layer()}; statistics given)")  # fmt: skip
+          f"layer: {numba.threading_layer()}; statistics given, out= preallocated)")  # fmt: skip
     print(f"{'shape':<20}{'dtype':<9}{'op':<14}{'V':>3}{'ms':>10}{'floor ms':>10}{'x floor':>9}")
     for shape, dt, op, v, seconds, floor in eff:
         print(f"{str(shape):<20}{dt:<9}{op:<14}{v:>3}{seconds * 1e3:>10.2f}{floor * 1e3:>10.2f}"

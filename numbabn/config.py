@@ -12,7 +12,7 @@ REDUCE_CHUNKS = 32
 MIN_CHUNK_ROWS = 256
 
 #: Channels per task of a CPU reduction when the channel axis is contiguous.
-CHANNEL_BLOCK = 256
+CHANNEL_BLOCK = 1024
 
 #: Threads per block of the CUDA kernels (a power of 2, at most 1024).
 CUDA_BLOCK = 256

@@ -37,6 +37,7 @@ def rvp(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> Any:
     """Residual-vector product ``R(dz) u = sum_i dz_i * (d²z_i/dx dx) u``.
 
@@ -60,6 +61,11 @@ def rvp(
         For a batch sharded across processes (x, dz, u, ... are this rank's
         shard): reduce over all ranks, like SyncBatchNorm; defaults to
         ``stats.comm``. Parameter outputs are then global sums.
+    out : array, optional
+        Where to write the result (NumPy convention): an array of x's kind and
+        dtype, shaped like the result, C-contiguous, writeable, sharing no
+        memory with the inputs. It is returned. Reusing one spares the page
+        faults of a fresh output on every call.
 
     Returns
     -------
@@ -76,8 +82,8 @@ def rvp(
     call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u}, comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
-    out, _ = call.run(f.TERM_RVP, n_dir, dz=dz3, u=u4)
-    return call.shaped(out, batched)
+    res, _ = call.run(f.TERM_RVP, n_dir, dz=dz3, u=u4, out=call.output(out, n_dir, batched))
+    return call.shaped(res, batched, out)
 
 
 def ggnvp(
@@ -91,12 +97,13 @@ def ggnvp(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> Any:
     """Generalised Gauss-Newton-vector product ``Jᵀ Hz J u``.
 
     Parameters
     ----------
-    x, gamma, u, stats, eps, axis, backend, comm
+    x, gamma, u, stats, eps, axis, backend, comm, out
         As in :func:`rvp`.
     hz : array shaped like x, or callable
         The curvature of the loss w.r.t. the layer output. An array means a
@@ -112,12 +119,13 @@ def ggnvp(
     """
     call = Call(x, gamma, stats, eps, axis, backend, {"u": u, **_hz_array(hz)}, comm=comm)
     u4, n_dir, batched = call.directions("u", u)
+    dst = call.output(out, n_dir, batched)
     if callable(hz):
         w4 = _curvature_times_jvp(call, hz, u4, n_dir)
-        out, _ = call.run(f.TERM_PROJ_W, n_dir, w=w4)
+        res, _ = call.run(f.TERM_PROJ_W, n_dir, w=w4, out=dst)
     else:
-        out, _ = call.run(f.TERM_CURV, n_dir, h=call.field("hz", hz), u=u4)
-    return call.shaped(out, batched)
+        res, _ = call.run(f.TERM_CURV, n_dir, h=call.field("hz", hz), u=u4, out=dst)
+    return call.shaped(res, batched, out)
 
 
 def hvp(
@@ -132,12 +140,13 @@ def hvp(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> Any:
     """Hessian-vector product w.r.t. the input: ``Jᵀ Hz J u + R(dz) u``.
 
     Parameters
     ----------
-    x, gamma, dz, u, stats, eps, axis, backend, comm
+    x, gamma, dz, u, stats, eps, axis, backend, comm, out
         As in :func:`rvp`.
     hz : array shaped like x, or callable
         Output curvature, as in :func:`ggnvp`. With an array the whole HVP is
@@ -150,13 +159,14 @@ def hvp(
     call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u, **_hz_array(hz)}, comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
+    dst = call.output(out, n_dir, batched)
     if callable(hz):
         w4 = _curvature_times_jvp(call, hz, u4, n_dir)
-        out, _ = call.run(f.TERM_RVP | f.TERM_PROJ_W, n_dir, dz=dz3, u=u4, w=w4)
+        res, _ = call.run(f.TERM_RVP | f.TERM_PROJ_W, n_dir, dz=dz3, u=u4, w=w4, out=dst)
     else:
         h3 = call.field("hz", hz)
-        out, _ = call.run(f.TERM_RVP | f.TERM_CURV, n_dir, dz=dz3, h=h3, u=u4)
-    return call.shaped(out, batched)
+        res, _ = call.run(f.TERM_RVP | f.TERM_CURV, n_dir, dz=dz3, h=h3, u=u4, out=dst)
+    return call.shaped(res, batched, out)
 
 
 def rop_backward(
@@ -172,6 +182,7 @@ def rop_backward(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> tuple[Any, Any, Any]:
     """R-operator of the layer's backward pass (Pearlmutter 1994).
 
@@ -184,8 +195,8 @@ def rop_backward(
 
     Parameters
     ----------
-    x, gamma, dz, stats, eps, axis, backend, comm
-        As in :func:`rvp`.
+    x, gamma, dz, stats, eps, axis, backend, comm, out
+        As in :func:`rvp` (``out`` receives dx_dot).
     dz_dot, u : array, shape of x or (V, *x.shape)
         Tangents of dz and x; both carry the same directions.
     u_gamma : array, shape (C,) or (V, C), optional
@@ -209,8 +220,9 @@ def rop_backward(
         )
     ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
     terms = f.TERM_RVP | f.TERM_PROJ_W | (f.TERM_UG_PROJ_DZ if ug is not None else 0)
-    out, coef = call.run(terms, n_dir, dz=dz3, u=u4, w=w4, ug=ug)
-    return (call.shaped(out, batched), *call.parameter_outputs(coef, batched))
+    dst = call.output(out, n_dir, batched)
+    res, coef = call.run(terms, n_dir, dz=dz3, u=u4, w=w4, ug=ug, out=dst)
+    return (call.shaped(res, batched, out), *call.parameter_outputs(coef, batched))
 
 
 def _hz_array(hz: Curvature) -> dict[str, Any]:

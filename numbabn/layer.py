@@ -23,6 +23,7 @@ def forward(
     *,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> tuple[Any, BatchStats]:
     """Training-mode BatchNorm: ``z = gamma * xhat + beta``.
 
@@ -40,6 +41,11 @@ def forward(
         Force a backend; "auto" picks it from the array type.
     comm : communicator, optional
         Batch sharded across processes: see :func:`numbabn.batch_stats`.
+    out : array, optional
+        Where to write the result (NumPy convention): an array of x's kind and
+        dtype, shaped like the result, C-contiguous, writeable, sharing no
+        memory with the inputs. It is returned. Reusing one spares the page
+        faults of a fresh output on every call.
 
     Returns
     -------
@@ -59,8 +65,8 @@ def forward(
     call = Call(x, gamma, None, eps, axis, backend, {"beta": beta}, comm=comm)
     ub = call.channel_tangent("beta", beta, 1, False)
     ug = call.channel_tangent("gamma", gamma, 1, False)
-    out, _ = call.run(f.TERM_PARAM, 1, ug=ug, ub=ub)
-    return call.shaped(out, False), call.stats
+    res, _ = call.run(f.TERM_PARAM, 1, ug=ug, ub=ub, out=call.output(out, 1, False))
+    return call.shaped(res, False, out), call.stats
 
 
 def jvp(
@@ -75,6 +81,7 @@ def jvp(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> Any:
     """Jacobian-vector product of the layer: ``gamma*P(u) + u_gamma*xhat + u_beta``.
 
@@ -95,6 +102,11 @@ def jvp(
         For a batch sharded across processes (x, dz, u, ... are this rank's
         shard): reduce over all ranks, like SyncBatchNorm; defaults to
         ``stats.comm``. Parameter outputs are then global sums.
+    out : array, optional
+        Where to write the result (NumPy convention): an array of x's kind and
+        dtype, shaped like the result, C-contiguous, writeable, sharing no
+        memory with the inputs. It is returned. Reusing one spares the page
+        faults of a fresh output on every call.
 
     Returns
     -------
@@ -108,8 +120,8 @@ def jvp(
     ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
     ub = call.channel_tangent("u_beta", u_beta, n_dir, batched)
     terms = f.TERM_PROJ_U | (f.TERM_PARAM if ug is not None or ub is not None else 0)
-    out, _ = call.run(terms, n_dir, u=u4, ug=ug, ub=ub)
-    return call.shaped(out, batched)
+    res, _ = call.run(terms, n_dir, u=u4, ug=ug, ub=ub, out=call.output(out, n_dir, batched))
+    return call.shaped(res, batched, out)
 
 
 def vjp(
@@ -122,6 +134,7 @@ def vjp(
     axis: int | None = None,
     backend: str = "auto",
     comm: Any = None,
+    out: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Vector-Jacobian product (the backward pass) of the layer.
 
@@ -131,8 +144,8 @@ def vjp(
         The batch and the scale (C,).
     dz : array, shape of x or (V, *x.shape)
         Output gradient dE/dz (several at once with a leading axis).
-    stats, eps, axis, backend, comm
-        As in :func:`jvp`.
+    stats, eps, axis, backend, comm, out
+        As in :func:`jvp` (``out`` receives dx).
 
     Returns
     -------
@@ -143,5 +156,5 @@ def vjp(
     """
     call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz}, comm=comm)
     w4, n_dir, batched = call.directions("dz", dz)
-    out, coef = call.run(f.TERM_PROJ_W, n_dir, w=w4)
-    return (call.shaped(out, batched), *call.parameter_outputs(coef, batched))
+    res, coef = call.run(f.TERM_PROJ_W, n_dir, w=w4, out=call.output(out, n_dir, batched))
+    return (call.shaped(res, batched, out), *call.parameter_outputs(coef, batched))

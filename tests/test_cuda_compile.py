@@ -52,8 +52,7 @@ def _ptx(kernel, signature):
 def test_reduction_kernels_compile(dtype):
     k = kernels.build(256)
     x = arr(dtype, 3)
-    for first in (NONE, arr(F64, 2)):
-        _ptx(k.shifted_partials, (x, first, F64, arr(F64, 4)))
+    _ptx(k.shifted_partials, (x, arr(F64, 1), arr(F64, 4)))
     for present in VARIANTS[:-1]:
         sig = (x, arr(F64, 1), arr(F64, 1), *_optional(dtype, present), arr(F64, 4))
         _ptx(k.moment_partials, sig)
@@ -66,12 +65,13 @@ def test_apply_and_conversion_kernels_compile(dtype):
                arr(F64, 3), arr(dtype, 4))  # fmt: skip
         _ptx(kernels.apply_affine, sig)
     _ptx(kernels.to_float64_rows, (arr(dtype, 2), arr(F64, 2)))
+    _ptx(kernels.first_elements, (arr(dtype, 3), arr(F64, 1)))
     _ptx(kernels.parameter_outputs, (arr(F64, 3), arr(dtype, 2), arr(dtype, 2)))
 
 
 def test_per_channel_kernels_compile():
     _ptx(kernels.merge_partials, (arr(F64, 4), arr(F64, 3)))
-    _ptx(kernels.finish_stats, (arr(F64, 2), arr(F64, 2), F64, F64, *[arr(F64, 1)] * 3))
+    _ptx(kernels.finish_stats, (arr(F64, 1), arr(F64, 2), F64, F64, *[arr(F64, 1)] * 3))
     _ptx(kernels.fill, (arr(F64, 3), F64))
     for tangents in ((NONE, NONE), (arr(F64, 2), arr(F64, 2)), (arr(F64, 2), NONE)):
         sig = (types.int64, arr(F64, 3), arr(F64, 1), arr(F64, 1), F64, *tangents, arr(F64, 3))

@@ -44,6 +44,21 @@ def test_float32_accuracy_far_from_zero(shape):
     assert max(errors.values()) <= FLOAT32_BOUND, errors
 
 
+@pytest.mark.parametrize("first", [0.0, 1e4, -3e7])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_statistics_with_an_outlier_first_element(first, axis):
+    """Statistics are one pass about each channel's first element; an outlier
+    there (up to dominating the variance) must not cost accuracy."""
+    rng = np.random.default_rng(3)
+    x = 1e6 + rng.standard_normal((4000, 3))
+    x[0, :] = 1e6 + first  # the first element of every channel, for either axis
+    x = x if axis == 1 else np.ascontiguousarray(x.T.reshape(1, 3, 4000).transpose(0, 2, 1))
+    st = numbabn.batch_stats(x, axis=axis)
+    flat = x.reshape(-1, 3)
+    np.testing.assert_allclose(st.mean, flat.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(st.var, flat.var(axis=0), rtol=1e-10)
+
+
 def test_cache_falls_back_when_package_and_home_are_not_writable(tmp_path):
     """A read-only install: a file where kernels/__pycache__ would go (so even
     root cannot write there), HOME unwritable, no NUMBA_CACHE_DIR."""

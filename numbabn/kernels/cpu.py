@@ -57,18 +57,15 @@ def _merge_chunks(part):
 
 
 @_kernel
-def shifted_sums(x, first, count, n_chunks, n_blocks):
+def shifted_sums(x, shift, n_chunks, n_blocks):
     """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``.
 
-    The shift is zero when ``first`` is None, else the mean ``first[0] / count``
-    of an earlier pass (the stable two-pass variance). ``x`` is (pre, C, post),
-    or (pre, C) for the rows layout (post = 1, the channel axis contiguous).
-    Returns an array of shape (2, C), float64.
+    ``shift`` is a (C,) float64 array: a value near each channel's mean (see
+    :func:`finish_stats`). ``x`` is (pre, C, post), or (pre, C) for the rows
+    layout (post = 1, the channel axis contiguous). Returns an array of shape
+    (2, C), float64.
     """
     pre, n_ch = x.shape[0], x.shape[1]
-    shift = np.zeros(n_ch)
-    if first is not None:
-        shift[:] = first[0] / count
     part = np.zeros((n_chunks, 2, n_ch))
     for task in prange(n_chunks * n_blocks):
         k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
@@ -242,20 +239,21 @@ def _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
 
 
 @_scalar
-def finish_stats(sums_first, sums_second, count, eps):
-    """Mean and invstd from the two passes of :func:`shifted_sums`.
+def finish_stats(shift, sums, count, eps):
+    """Mean, biased variance and invstd from the :func:`shifted_sums` about ``shift``.
 
-    ``sums_first`` holds the sums about zero (pass 1), ``sums_second`` those
-    about the pass-1 mean (pass 2). Returns ``(mean, var, invstd)``, float64.
+    Returns ``(mean, var, invstd)``, float64. The variance is exact up to
+    rounding of order ``eps_machine * (1 + (mean - shift)**2 / var)``: the
+    shift must lie near the mean (a sample of the channel, or the mean of an
+    earlier pass).
     """
-    n_ch = sums_first.shape[1]
+    n_ch = sums.shape[1]
     mean = np.empty(n_ch)
     var = np.empty(n_ch)
     invstd = np.empty(n_ch)
     for c in range(n_ch):
-        shift = sums_first[0, c] / count
-        mean[c] = shift + sums_second[0, c] / count
-        var[c] = _channel_variance(sums_second[0, c], sums_second[1, c], count)
+        mean[c] = shift[c] + sums[0, c] / count
+        var[c] = _channel_variance(sums[0, c], sums[1, c], count)
         invstd[c] = 1.0 / np.sqrt(var[c] + eps)
     return mean, var, invstd
 

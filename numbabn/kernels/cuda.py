@@ -100,13 +100,19 @@ def merge_partials(part, out):
 
 
 @cuda.jit
-def finish_stats(first, second, count, eps, mean, var, invstd):
-    """Mean, biased variance and invstd per channel from the two passes."""
+def finish_stats(shift, sums, count, eps, mean, var, invstd):
+    """Mean, biased variance and invstd per channel from the sums about ``shift``."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
-        shift = first[0, c] / count
-        mean[c] = shift + second[0, c] / count
-        var[c] = _channel_variance(second[0, c], second[1, c], count)
+        mean[c] = shift[c] + sums[0, c] / count
+        var[c] = _channel_variance(sums[0, c], sums[1, c], count)
         invstd[c] = 1.0 / (var[c] + eps) ** 0.5
+
+
+@cuda.jit
+def first_elements(x, out):
+    """``out[c] = x[0, c, 0]`` as float64: one sample of each channel."""
+    for c in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[c] = float64(x[0, c, 0])
 
 
 @cuda.jit
@@ -183,19 +189,19 @@ def build(block: int) -> SimpleNamespace:
     n_sums = f.N_SUMS
 
     @cuda.jit
-    def shifted_partials(x, first, count, part):
-        """Per-block ``sum(x - shift)`` and ``sum((x - shift)**2)``; the shift
-        is 0, or the pass-1 mean ``first[0, c] / count``. part: (S, 1, 2, C)."""
+    def shifted_partials(x, shift, part):
+        """Per-block ``sum(x - shift[c])`` and ``sum((x - shift[c])**2)``.
+        part: (S, 1, 2, C)."""
         pre, n_ch, post = x.shape
         c, lane, lanes = _thread_channel(n_ch, post)
         lo, hi = _block_slice(pre * post)
         s1 = 0.0
         s2 = 0.0
         if c < n_ch:
-            shift = 0.0 if first is None else first[0, c] / count
+            shift_c = shift[c]
             for m in range(lo + lane, hi, lanes):
                 i = m // post
-                d = float64(x[i, c, m - i * post]) - shift
+                d = float64(x[i, c, m - i * post]) - shift_c
                 s1 += d
                 s2 += d * d
         sm = cuda.shared.array((2, block), float64)

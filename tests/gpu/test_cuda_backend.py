@@ -143,9 +143,30 @@ def test_cupy_in_cupy_out():
     got = numbabn.rvp(x, g, dz, u)
     assert isinstance(got, cupy.ndarray)
     np.testing.assert_allclose(got.get(), numbabn.rvp(c["x"], c["gamma"], c["dz"], c["u"]), 1e-12)
+    out = cupy.empty_like(u)
+    assert numbabn.rvp(x, g, dz, u, out=out) is out
+    np.testing.assert_array_equal(out.get(), got.get())
+    with pytest.raises(ValueError, match="^out shares memory with u"):
+        numbabn.rvp(x, g, dz, u, out=u)
     strided = cupy.asarray(np.asfortranarray(c["x"]))
     np.testing.assert_allclose(numbabn.batch_stats(strided).mean.get(),
                                numbabn.batch_stats(c["x"]).mean, rtol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("n_dir", [None, 2])
+def test_out_on_device(n_dir):
+    c = make_case((3, 2, 4), n_dir=n_dir)
+    d = to_device(c)
+    st = numbabn.batch_stats(d["x"])
+    out = cuda.device_array(c["u"].shape, np.float64)
+    got = numbabn.hvp(d["x"], d["gamma"], d["dz"], d["u"], d["hz"], st, out=out)
+    assert got is out
+    want = numbabn.hvp(c["x"], c["gamma"], c["dz"], c["u"], c["hz"])
+    assert_device_matches(out, want, np.float64, "hvp out=")
+    with pytest.raises(TypeError, match="^out is a cpu array but x is a cuda array"):
+        numbabn.hvp(d["x"], d["gamma"], d["dz"], d["u"], d["hz"], st, out=np.empty(c["u"].shape))
+    with pytest.raises(ValueError, match="^out has shape"):
+        numbabn.hvp(d["x"], d["gamma"], d["dz"], d["u"], d["hz"], st, out=d["x"][:1])
 
 
 class _SingleRank:
