@@ -116,17 +116,25 @@ class CpuBackend:
         """The first element of each channel, as a (C,) float64 array."""
         return _readonly(np.array(x3[0, :, 0], dtype=np.float64))
 
+    def _kernel(self, name: str, elements: int):
+        """The parallel kernel ``name``, or its serial twin for small arrays."""
+        if elements <= config.SERIAL_MAX_ELEMENTS:
+            return self.kernels.serial[name]
+        return getattr(self.kernels, name)
+
     def shifted_sums(self, x3: np.ndarray, shift: np.ndarray) -> np.ndarray:
         """Per-channel sums of ``x - shift`` and its square, (2, C) float64."""
         n_chunks, n_blocks = _tiling(x3.shape)
+        kernel = self._kernel("shifted_sums", x3.size)
         with self._serialized():
-            return self.kernels.shifted_sums(_rows(x3), _readonly(shift), n_chunks, n_blocks)
+            return kernel(_rows(x3), _readonly(shift), n_chunks, n_blocks)
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int) -> np.ndarray:
         n_chunks, n_blocks = _tiling(x3.shape)
         r = _rows
+        kernel = self._kernel("moment_sums", x3.size * n_dir)
         with self._serialized():
-            return self.kernels.moment_sums(
+            return kernel(
                 r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
             )
 
@@ -138,8 +146,9 @@ class CpuBackend:
 
     def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
         r = _rows
+        kernel = self._kernel("apply_affine", out.size)
         with self._serialized():
-            self.kernels.apply_affine(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out))
+            kernel(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out))
 
 
 def _rows(a: np.ndarray | None) -> np.ndarray | None:

@@ -14,6 +14,10 @@ MIN_CHUNK_ROWS = 256
 #: Channels per task of a CPU reduction when the channel axis is contiguous.
 CHANNEL_BLOCK = 1024
 
+#: Largest work (elements of x times directions) that the CPU kernels process
+#: serially: below it, waking the thread pool costs more than it saves.
+SERIAL_MAX_ELEMENTS = 2**18
+
 #: Threads per block of the CUDA kernels (a power of 2, at most 1024).
 CUDA_BLOCK = 256
 

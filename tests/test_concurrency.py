@@ -1,6 +1,8 @@
 """Concurrent callers and reproducibility: 8 Python threads get exactly the
 single-threaded results, and results are bitwise identical across repeated
-calls and across NUMBA_NUM_THREADS (fixed chunking), checked in fresh processes."""
+calls and across NUMBA_NUM_THREADS (fixed chunking), checked in fresh processes.
+The parallel kernels run even on these small shapes (no serial twins), and they
+agree with the serial twins."""
 
 import os
 import subprocess
@@ -9,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import numbabn
+from numbabn import config
 
 from cases import make_case
 
@@ -30,6 +34,11 @@ def all_results(c, axis):
         numbabn.ggnvp(x, g, c["u"], c["hz"], st),
         *numbabn.rop_backward(x, g, c["dz"], c["dz_dot"], c["u"], st),
     ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def parallel_kernels_only(monkeypatch):
+    monkeypatch.setattr(config, "SERIAL_MAX_ELEMENTS", 0)
 
 
 def test_eight_threads_match_single_threaded_results():
@@ -55,6 +64,8 @@ def test_repeated_calls_are_bitwise_identical():
 
 _SCRIPT = """
 import sys, numpy as np, numba
+from numbabn import config
+config.SERIAL_MAX_ELEMENTS = 0  # the parallel kernels, whatever the size
 sys.path.insert(0, {tests!r})
 from cases import make_case
 from test_concurrency import all_results, SHAPES
@@ -80,3 +91,16 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path):
     assert runs["1"].keys() == runs["2"].keys()
     for key, a in runs["1"].items():
         assert a.tobytes() == runs["2"][key].tobytes(), key
+
+
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_dir", [None, 3])
+def test_serial_twins_agree_with_parallel_kernels(shape, axis, dtype, n_dir, monkeypatch):
+    c = make_case(shape, axis, dtype, n_dir=n_dir)
+    parallel = all_results(c, axis)
+    monkeypatch.setattr(config, "SERIAL_MAX_ELEMENTS", 2**62)
+    serial = all_results(c, axis)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for k, (p, s) in enumerate(zip(parallel, serial, strict=True)):
+        np.testing.assert_allclose(s, p, rtol=tol, atol=tol, err_msg=f"result {k}")

@@ -10,6 +10,8 @@ buffer each, merged serially in chunk order: results do not depend on the
 number of threads. Accumulation is in float64 whatever the input dtype.
 """
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -29,7 +31,18 @@ _channel_variance = _scalar(f.channel_variance)
 _affine = _scalar(f.affine_value)
 
 
+#: Serial twins of the parallel kernels, by name: the same code compiled without
+#: threads, for arrays too small to repay waking the thread pool (each parallel
+#: region costs tens of microseconds). Results do not depend on the thread
+#: count either way: the tiling is the same.
+serial = {}
+
+
 def _kernel(fn):
+    """Compile ``fn`` as a parallel kernel and register its serial twin in ``serial``."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    twin.__qualname__ = f"{fn.__qualname__}_serial"  # its own entry in the on-disk cache
+    serial[fn.__name__] = njit(fastmath=FASTMATH, **_OPTIONS)(twin)
     return njit(parallel=True, fastmath=FASTMATH, **_OPTIONS)(fn)
 
 
