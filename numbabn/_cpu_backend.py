@@ -134,9 +134,7 @@ class CpuBackend:
         r = _rows
         kernel = self._kernel("moment_sums", x3.size * n_dir)
         with self._serialized():
-            return kernel(
-                r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks
-            )
+            return kernel(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), n_dir, n_chunks, n_blocks)
 
     def finish_stats(self, shift, sums, count: int, eps: float):
         return self.kernels.finish_stats(_readonly(shift), sums, float(count), eps)

@@ -95,7 +95,8 @@ class BatchNorm:
 
 
 class _Elementwise:
-    """An activation ``z = f(a)``; subclasses give f, f' and f'' in terms of (a, z)."""
+    """An activation ``z = f(a)``; subclasses give f, f' (from a and z) and f''
+    (from z and f'). The forward pass caches f', which every other map reuses."""
 
     shapes: list[tuple[int, ...]] = []
 
@@ -104,27 +105,32 @@ class _Elementwise:
 
     def forward(self, p, a):
         z = self.f(a)
-        return z, (a, z)
+        return z, (z, self.df(a, z))
 
     def tangent(self, p, dp, cache, da):
-        return 0.0 * cache[0] if da is None else self.df(*cache) * da
+        _, df = cache
+        return 0.0 * df if da is None else df * da
 
     def backward(self, p, cache, g):
         return self.input_gradient(p, cache, g), ()
 
     def input_gradient(self, p, cache, g):
-        return self.df(*cache) * g
+        return cache[1] * g
 
     def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
         if not need_input:
             return None, ()
-        a, z = cache
-        second = 0.0 if da is None else self.d2f(a, z) * da * g
-        return self.df(a, z) * dg + second, ()
+        z, df = cache
+        out = df * dg
+        if da is not None and self.has_curvature:
+            out += self.d2f(z, df) * da * g
+        return out, ()
 
 
 class Tanh(_Elementwise):
     """``z = tanh(a)``."""
+
+    has_curvature = True
 
     def f(self, a: Any):
         return _xp(a).tanh(a)
@@ -132,12 +138,14 @@ class Tanh(_Elementwise):
     def df(self, a: Any, z: Any):
         return 1.0 - z * z
 
-    def d2f(self, a: Any, z: Any):
-        return -2.0 * z * (1.0 - z * z)
+    def d2f(self, z: Any, df: Any):
+        return -2.0 * z * df
 
 
 class ReLU(_Elementwise):
     """``z = max(a, 0)``; its second derivative is zero almost everywhere."""
+
+    has_curvature = False
 
     def f(self, a: Any):
         return _xp(a).maximum(a, 0.0)
@@ -145,8 +153,8 @@ class ReLU(_Elementwise):
     def df(self, a: Any, z: Any):
         return (a > 0).astype(a.dtype)
 
-    def d2f(self, a: Any, z: Any):
-        return 0.0
+    def d2f(self, z: Any, df: Any):
+        return 0.0 * z
 
 
 def _xp(a: Any):
