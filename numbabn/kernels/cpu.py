@@ -297,23 +297,52 @@ def apply_affine(x, mean, invstd, dz, h, u, w, coef, out):
     so the parallel loop has no race.
     """
     n_dir, pre, n_ch = out.shape[0], out.shape[1], out.shape[2]
-    post = 1 if x.ndim == 2 else x.shape[2]
     for vi in prange(n_dir * pre):
         v = vi // pre
         i = vi - v * pre
-        for c in range(n_ch):
-            for j in range(post):
-                if x.ndim == 2:
-                    idx = (i, c)
-                    vidx = (v, i, c)
-                    oidx = (v, i, c)
-                else:
-                    idx = (i, c, j)
-                    vidx = (v, i, c, j)
-                    oidx = (v, i, c, j)
-                xh = (np.float64(x[idx]) - mean[c]) * invstd[c]
-                uv = np.float64(u[vidx]) if u is not None else 0.0
-                wv = np.float64(w[vidx]) if w is not None else 0.0
-                dzv = np.float64(dz[idx]) if dz is not None else 0.0
-                hv = np.float64(h[idx]) if h is not None else 0.0
-                out[oidx] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
+        if x.ndim == 2:
+            _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i)
+        else:
+            for c in range(n_ch):
+                for j in range(x.shape[2]):
+                    xh = (np.float64(x[i, c, j]) - mean[c]) * invstd[c]
+                    uv = np.float64(u[v, i, c, j]) if u is not None else 0.0
+                    wv = np.float64(w[v, i, c, j]) if w is not None else 0.0
+                    dzv = np.float64(dz[i, c, j]) if dz is not None else 0.0
+                    hv = np.float64(h[i, c, j]) if h is not None else 0.0
+                    out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
+
+
+@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+def _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i):
+    """apply_affine on row ``i`` of direction ``v`` of the (pre, C) layout.
+
+    The expression of ``formulas.affine_value``, with each coefficient's row
+    taken as a 1-D slice first: the loop then vectorises (about 20% faster
+    than indexing ``coef[v, k, c]`` per element).
+    """
+    x_row, o_row = x[i], out[v, i]
+    k_x, k_1, k_u, k_w = coef[v, f.K_X], coef[v, f.K_1], coef[v, f.K_U], coef[v, f.K_W]
+    k_dz, kh_u, kh_x, kh_1 = coef[v, f.K_DZ], coef[v, f.KH_U], coef[v, f.KH_X], coef[v, f.KH_1]
+    if u is not None:
+        u_row = u[v, i]
+    if w is not None:
+        w_row = w[v, i]
+    if dz is not None:
+        dz_row = dz[i]
+    if h is not None:
+        h_row = h[i]
+    for c in range(o_row.shape[0]):
+        xh = (np.float64(x_row[c]) - mean[c]) * invstd[c]
+        r = k_x[c] * xh + k_1[c]
+        uv = 0.0
+        if u is not None:
+            uv = np.float64(u_row[c])
+            r += k_u[c] * uv
+        if w is not None:
+            r += k_w[c] * np.float64(w_row[c])
+        if dz is not None:
+            r += k_dz[c] * np.float64(dz_row[c])
+        if h is not None:
+            r += np.float64(h_row[c]) * (kh_u[c] * uv + kh_x[c] * xh + kh_1[c])
+        o_row[c] = r
