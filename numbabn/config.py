@@ -14,6 +14,10 @@ MIN_CHUNK_ROWS = 256
 #: Channels per task of a CPU reduction when the channel axis is contiguous.
 CHANNEL_BLOCK = 1024
 
+#: Elements of x per task of the CPU apply pass (whole rows, at least one): the
+#: directions of a tile run back to back while its rows of x are in cache.
+APPLY_TILE_ELEMENTS = 8192
+
 #: Largest work (elements of x times directions) that the CPU kernels process
 #: serially: below it, waking the thread pool costs more than it saves.
 SERIAL_MAX_ELEMENTS = 2**18

@@ -288,29 +288,33 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub):
 
 
 @_kernel
-def apply_affine(x, mean, invstd, dz, h, u, w, coef, out):
+def apply_affine(x, mean, invstd, dz, h, u, w, coef, out, tile_rows):
     """Write ``out[v] = K_U*u[v] + K_W*w[v] + K_DZ*dz + K_X*xhat + K_1
     + h*(KH_U*u[v] + KH_X*xhat + KH_1)`` with per-channel coefficients.
 
     Layouts as in :func:`moment_sums`; ``out`` is (V, pre, C, post), or
     (V, pre, C) for rows, in the input dtype. Every element is written once,
-    so the parallel loop has no race.
+    so the parallel loop has no race. Tasks are tiles of ``tile_rows`` rows,
+    direction-fastest: the V directions of a tile run back to back while its
+    x, dz and h are still in cache, and each writes one contiguous run of out.
     """
     n_dir, pre, n_ch = out.shape[0], out.shape[1], out.shape[2]
-    for vi in prange(n_dir * pre):
-        v = vi // pre
-        i = vi - v * pre
-        if x.ndim == 2:
-            _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i)
-        else:
-            for c in range(n_ch):
-                for j in range(x.shape[2]):
-                    xh = (np.float64(x[i, c, j]) - mean[c]) * invstd[c]
-                    uv = np.float64(u[v, i, c, j]) if u is not None else 0.0
-                    wv = np.float64(w[v, i, c, j]) if w is not None else 0.0
-                    dzv = np.float64(dz[i, c, j]) if dz is not None else 0.0
-                    hv = np.float64(h[i, c, j]) if h is not None else 0.0
-                    out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
+    n_tiles = (pre + tile_rows - 1) // tile_rows
+    for task in prange(n_tiles * n_dir):
+        tile = task // n_dir
+        v = task - tile * n_dir
+        for i in range(tile * tile_rows, min(pre, (tile + 1) * tile_rows)):
+            if x.ndim == 2:
+                _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i)
+            else:
+                for c in range(n_ch):
+                    for j in range(x.shape[2]):
+                        xh = (np.float64(x[i, c, j]) - mean[c]) * invstd[c]
+                        uv = np.float64(u[v, i, c, j]) if u is not None else 0.0
+                        wv = np.float64(w[v, i, c, j]) if w is not None else 0.0
+                        dzv = np.float64(dz[i, c, j]) if dz is not None else 0.0
+                        hv = np.float64(h[i, c, j]) if h is not None else 0.0
+                        out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
 
 
 @njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
