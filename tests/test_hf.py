@@ -137,3 +137,17 @@ def test_training_command_runs(tmp_path, capsys):
     assert main(["hf", "--steps", "3", "--plot", str(png), "--min-accuracy", "0.5"]) == 0
     assert png.stat().st_size > 10_000
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_tanh_kernel_matches_the_array_expression():
+    """The fused CPU kernel of Tanh's R-backward equals the generic (CuPy) path."""
+    rng = np.random.default_rng(4)
+    layer = hf.Tanh()
+    z, cache = layer.forward([], rng.normal(size=(7, 5)))
+    da, g, dg = (rng.normal(size=(7, 5)) for _ in range(3))
+    fused, _ = layer.rop_backward([], [], cache, da, None, g, dg)
+    generic, _ = super(hf.Tanh, layer).rop_backward([], [], cache, da, None, g, dg)
+    np.testing.assert_allclose(fused, generic, rtol=1e-13, atol=1e-15)
+    a = np.arctanh(z)
+    want = (1 - np.tanh(a) ** 2) * dg - 2 * np.tanh(a) * (1 - np.tanh(a) ** 2) * da * g
+    np.testing.assert_allclose(fused, want, rtol=1e-12, atol=1e-14)

@@ -17,6 +17,7 @@ Parameters are tuples of arrays; every array follows the input's namespace
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -132,6 +133,16 @@ class Tanh(_Elementwise):
 
     has_curvature = True
 
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
+        z, df = cache
+        arrays = (z, df, dg, da, g)
+        if not need_input or da is None or not _same_numpy_arrays(arrays):
+            return super().rop_backward(p, dp, cache, da, dz, g, dg, need_input)
+        out = np.empty_like(z)
+        flat = [np.ascontiguousarray(a).reshape(-1) for a in (*arrays, out)]
+        _activation_kernels().tanh_rop_backward(*flat)
+        return out, ()
+
     def f(self, a: Any):
         return _xp(a).tanh(a)
 
@@ -155,6 +166,26 @@ class ReLU(_Elementwise):
 
     def d2f(self, z: Any, df: Any):
         return 0.0 * z
+
+
+@functools.cache
+def _activation_kernels():
+    """The activation kernels module, imported once the Numba cache has a home."""
+    from .._cache import ensure_cache_dir
+
+    ensure_cache_dir()
+    from ..kernels import activation
+
+    return activation
+
+
+def _same_numpy_arrays(arrays) -> bool:
+    """Whether every array is a NumPy array of the first one's shape and dtype."""
+    first = arrays[0]
+    return all(
+        isinstance(a, np.ndarray) and a.shape == first.shape and a.dtype == first.dtype
+        for a in arrays
+    )
 
 
 def _xp(a: Any):
