@@ -12,12 +12,19 @@ variances checked for zeros.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from . import config
+from ._dispatch import is_cupy_array
 from .kernels import formulas as f
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # NumPy < 2
+    from numpy import byte_bounds
 
 
 class CudaBackend:
@@ -50,7 +57,7 @@ class CudaBackend:
         on the device first."""
         d = self.device(a)
         if not d.is_c_contiguous():
-            if not _is_cupy(a):
+            if not is_cupy_array(a):
                 raise ValueError(
                     "a non-contiguous device array was given; numbabn copies strided "
                     "CUDA inputs only when they are CuPy arrays: pass a contiguous array "
@@ -103,7 +110,7 @@ class CudaBackend:
     @staticmethod
     def wrap(a: Any, like: Any = None):
         """A result as the caller's kind of array: CuPy if ``like`` is CuPy."""
-        if like is not None and _is_cupy(like):
+        if like is not None and is_cupy_array(like):
             import cupy
 
             return cupy.asarray(a)
@@ -194,24 +201,7 @@ def _byte_range(a: Any) -> tuple[int, int] | None:
     cai = getattr(a, "__cuda_array_interface__", None)
     if cai is None:
         return None
-    start = cai["data"][0]
-    itemsize = np.dtype(cai["typestr"]).itemsize
-    shape = cai["shape"]
-    if 0 in shape:
-        return start, start
-    strides = cai.get("strides") or _c_strides(shape, itemsize)
-    lo = start + sum(min(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
-    hi = start + sum(max(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True)) + itemsize
-    return lo, hi
-
-
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
-
-
-def _is_cupy(a: Any) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
+    size = math.prod(cai["shape"])
+    if size == 0:
+        return cai["data"][0], cai["data"][0]
+    return byte_bounds(SimpleNamespace(__array_interface__={**cai, "version": 3}, size=size))

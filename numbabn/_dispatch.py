@@ -21,6 +21,11 @@ def is_cuda_array(a: Any) -> bool:
     return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
 
 
+def is_cupy_array(a: Any) -> bool:
+    """True for CuPy arrays (checked by module name: CuPy need not be imported)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
 def array_kind(name: str, a: Any) -> str:
     """``"cpu"`` or ``"cuda"`` for an array argument; TypeError for anything else."""
     if isinstance(a, np.ndarray):

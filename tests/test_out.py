@@ -74,3 +74,26 @@ def test_bad_out():
         numbabn.rvp(x, g, dz, x[None].copy()[0], out=x)
     with pytest.raises(TypeError, match="^out must be a NumPy array or a CUDA array"):
         rvp(u.tolist())
+
+
+class _DeviceView:
+    """A stand-in CUDA array: a host array's interface under the CUDA name."""
+
+    def __init__(self, a):
+        self.__cuda_array_interface__ = {**a.__array_interface__, "version": 3}
+
+
+def test_cuda_overlap_check_matches_numpy_bounds():
+    """CudaBackend.overlaps (the out= check for device arrays) compares byte
+    bounds from the CUDA array interface, as np.may_share_memory does on the host."""
+    from numbabn._cuda_backend import CudaBackend
+
+    buf = np.zeros(100)
+    grid = buf.reshape(10, 10)
+    views = [buf[:50], buf[50:], buf[40:60], buf[::-1][:10], buf[:0], grid[:, :5], grid[:, 5:],
+             grid[::-2, 3], np.zeros(5)]  # fmt: skip
+    for a in views:
+        for b in views:
+            want = np.may_share_memory(a, b) and a.size > 0 and b.size > 0
+            assert CudaBackend.overlaps(_DeviceView(a), _DeviceView(b)) == want
+    assert not CudaBackend.overlaps(_DeviceView(buf), buf)  # no interface: unknown range

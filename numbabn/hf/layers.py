@@ -25,6 +25,8 @@ import numpy as np
 
 import numbabn
 
+from .._dispatch import is_cupy_array
+
 
 class Linear:
     """``z = a @ W.T + b`` with W of shape (n_out, n_in), like ``torch.nn.Linear``."""
@@ -190,7 +192,7 @@ def _same_numpy_arrays(arrays) -> bool:
 
 def _xp(a: Any):
     """The array namespace of ``a``: CuPy for CuPy arrays, else NumPy."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    if is_cupy_array(a):
         import cupy
 
         return cupy
