@@ -99,7 +99,8 @@ class BatchNorm:
 
 class _Elementwise:
     """An activation ``z = f(a)``; subclasses give f, f' (from a and z) and f''
-    (from z and f'). The forward pass caches f', which every other map reuses."""
+    (from z and f', or None where it is zero). The forward pass caches f', which
+    every other map reuses."""
 
     shapes: list[tuple[int, ...]] = []
 
@@ -125,15 +126,14 @@ class _Elementwise:
             return None, ()
         z, df = cache
         out = df * dg
-        if da is not None and self.has_curvature:
-            out += self.d2f(z, df) * da * g
+        second = None if da is None else self.d2f(z, df)
+        if second is not None:
+            out += second * da * g
         return out, ()
 
 
 class Tanh(_Elementwise):
     """``z = tanh(a)``."""
-
-    has_curvature = True
 
     def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
         z, df = cache
@@ -158,8 +158,6 @@ class Tanh(_Elementwise):
 class ReLU(_Elementwise):
     """``z = max(a, 0)``; its second derivative is zero almost everywhere."""
 
-    has_curvature = False
-
     def f(self, a: Any):
         return _xp(a).maximum(a, 0.0)
 
@@ -167,7 +165,7 @@ class ReLU(_Elementwise):
         return (a > 0).astype(a.dtype)
 
     def d2f(self, z: Any, df: Any):
-        return 0.0 * z
+        return None
 
 
 @functools.cache
