@@ -52,20 +52,10 @@ def rvp(
         Output gradient dE/dz.
     u : array, shape of x or (V, *x.shape)
         Direction(s); x and dz are read once for all V directions.
-    stats : BatchStats, optional
-        Statistics of x; computed when omitted.
-    eps, axis : optional
-        Taken from ``stats`` when given; otherwise default to 1e-5 and 1.
-    backend : {"auto", "cpu", "cuda"}
-    comm : communicator, optional
-        For a batch sharded across processes (x, dz, u, ... are this rank's
-        shard): reduce over all ranks, like SyncBatchNorm; defaults to
-        ``stats.comm``. Parameter outputs are then global sums.
-    out : array, optional
-        Where to write the result (NumPy convention): an array of x's kind and
-        dtype, shaped like the result, C-contiguous, writeable, sharing no
-        memory with the inputs. It is returned. Reusing one spares the page
-        faults of a fresh output on every call.
+    stats, eps, axis, backend, comm, out
+        As in :func:`numbabn.jvp`: statistics (computed when omitted), their
+        eps and axis, the backend, a communicator for sharded batches, and an
+        array to write the result into.
 
     Returns
     -------
