@@ -151,3 +151,76 @@ def test_tanh_kernel_matches_the_array_expression():
     a = np.arctanh(z)
     want = (1 - np.tanh(a) ** 2) * dg - 2 * np.tanh(a) * (1 - np.tanh(a) ** 2) * da * g
     np.testing.assert_allclose(fused, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [hf.BatchNorm(5), hf.Tanh(), hf.Linear(5, 3)],
+        lambda: [hf.Tanh(), hf.Linear(5, 4), hf.BatchNorm(4), hf.ReLU(), hf.Linear(4, 3)],
+    ],
+    ids=["batchnorm-first", "activation-first"],
+)
+def test_networks_that_do_not_start_with_linear(layers):
+    """The first layer sees a zero input tangent and computes no input R-gradient."""
+    net = hf.Sequential(layers())
+    rng = np.random.default_rng(5)
+    theta = net.init(0) + 0.1 * rng.normal(size=net.size)
+    X, y = rng.normal(size=(9, 5)), rng.integers(0, 3, size=9)
+    forward, loss_of_output = autograd_network(net)
+
+    def total(t):
+        return loss_of_output(forward(t, X), y)
+
+    v = rng.normal(size=net.size)
+    want = grad(lambda t: anp.dot(grad(total)(t), v))(theta)
+    assert relative_error(net.hvp(theta, X, y, v), want) <= TOL
+    assert relative_error(net.grad(theta, X, y), grad(total)(theta)) <= TOL
+
+
+def test_reused_work_arrays_never_leak_between_calls():
+    """A network reuses its work arrays: results of earlier calls stay intact,
+    every call equals the same call on a fresh network, also after pickling and
+    from several threads at once."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    net, theta, X, y, rng = make_problem("cross_entropy", hf.Tanh)
+    fresh = lambda: make_problem("cross_entropy", hf.Tanh)[0]  # noqa: E731
+    vs = rng.normal(size=(4, net.size))
+    z_first = net.predict(theta, X)
+    z_kept = z_first.copy()
+    got = [net.hvp(theta, X, y, v) for v in vs]
+    net.predict(theta + 1.0, X)
+    np.testing.assert_array_equal(z_first, z_kept)
+    for v, g in zip(vs, got, strict=True):
+        np.testing.assert_array_equal(g, fresh().hvp(theta, X, y, v))
+    np.testing.assert_array_equal(got[0], net.hvp(theta, X, y, vs[0]))
+    X2 = np.concatenate([X, X[:3]])  # a second batch shape
+    y2 = np.concatenate([y, y[:3]])
+    np.testing.assert_array_equal(
+        net.ggnvp(theta, X2, y2, vs[1]), fresh().ggnvp(theta, X2, y2, vs[1])
+    )
+    clone = pickle.loads(pickle.dumps(net))
+    np.testing.assert_array_equal(clone.hvp(theta, X, y, vs[2]), got[2])
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda v: net.hvp(theta, X, y, v), np.repeat(vs, 3, axis=0)))
+    for k, g in enumerate(parallel):
+        np.testing.assert_array_equal(g, got[k // 3])
+    net.clear_workspace()
+    np.testing.assert_array_equal(net.hvp(theta, X, y, vs[3]), got[3])
+
+
+def test_scratch_hands_out_one_array_per_layer_role_and_shape():
+    from numbabn.hf.workspace import FRESH, Workspace
+
+    like = np.zeros((3, 2))
+    first, second = Workspace().scratches(2)
+    a = first.empty("z", (3, 2), like)
+    assert first.empty("z", (3, 2), like) is a
+    assert first.empty("dz", (3, 2), like) is not a
+    assert second.empty("z", (3, 2), like) is not a
+    assert first.empty("z", (4, 2), like) is not a
+    assert first.empty("z", (3, 2), like.astype(np.float32)).dtype == np.float32
+    assert FRESH.empty("z", (3, 2), like) is not FRESH.empty("z", (3, 2), like)
+    np.testing.assert_array_equal(first.zeros("zero", like), 0.0)

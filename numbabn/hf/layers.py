@@ -10,9 +10,14 @@ curvature products need (Pearlmutter 1994):
   tangents of ``backward``'s outputs when the input moves by ``da``, the
   parameters by ``dparams`` and the output gradient ``g`` by ``dg`` (``dz`` is
   the output tangent from ``tangent``); the input part is None unless needed.
+* ``rop_reads_gradient(first)`` -> whether ``rop_backward`` reads ``g`` (as the
+  network's first layer: zero ``da``, no input part), so that the layer above
+  can skip computing it.
 
 Parameters are tuples of arrays; every array follows the input's namespace
-(NumPy or CuPy).
+(NumPy or CuPy). Every map takes a keyword ``ws`` (:class:`~.workspace.Scratch`)
+and writes its array results into the work arrays it hands out, so a network
+reuses them from call to call; the default allocates fresh ones.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 
 import numbabn
 
-from .._dispatch import is_cupy_array
+from ._namespace import _xp
+from .workspace import FRESH, Scratch
 
 
 class Linear:
@@ -39,27 +45,45 @@ class Linear:
         bound = 1.0 / math.sqrt(self.n_in)
         return [rng.uniform(-bound, bound, size=s) for s in self.shapes]
 
-    def forward(self, p, a):
+    def forward(self, p, a, ws: Scratch = FRESH):
         w, b = p
-        return a @ w.T + b, a
+        z = _matmul(a, w.T, ws.empty("z", (a.shape[0], self.n_out), a))
+        z += b
+        return z, a
 
-    def tangent(self, p, dp, a, da):
+    def tangent(self, p, dp, a, da, ws: Scratch = FRESH):
         w, _ = p
         dw, db = dp
-        out = a @ dw.T + db
-        return out if da is None else out + da @ w.T
+        rows = (a.shape[0], self.n_out)
+        out = _matmul(a, dw.T, ws.empty("dz", rows, a))
+        out += db
+        if da is not None:
+            out += _matmul(da, w.T, ws.empty("dz_from_input", rows, a))
+        return out
 
-    def backward(self, p, a, g):
-        return self.input_gradient(p, a, g), (g.T @ a, g.sum(axis=0))
+    def backward(self, p, a, g, ws: Scratch = FRESH):
+        gw = _matmul(g.T, a, ws.empty("gw", self.shapes[0], a))
+        gb = g.sum(axis=0, out=ws.empty("gb", self.shapes[1], a))
+        return self.input_gradient(p, a, g, ws), (gw, gb)
 
-    def input_gradient(self, p, a, g):
-        return g @ p[0]
+    def input_gradient(self, p, a, g, ws: Scratch = FRESH):
+        return _matmul(g, p[0], ws.empty("g_in", a.shape, a))
 
-    def rop_backward(self, p, dp, a, da, dz, g, dg, need_input=True):
+    def rop_backward(self, p, dp, a, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
         w, _ = p
         dw, _ = dp
-        dgw = dg.T @ a if da is None else dg.T @ a + g.T @ da
-        return (dg @ w + g @ dw) if need_input else None, (dgw, dg.sum(axis=0))
+        dgw = _matmul(dg.T, a, ws.empty("dgw", self.shapes[0], a))
+        if da is not None:
+            dgw += _matmul(g.T, da, ws.empty("dgw_from_input", self.shapes[0], a))
+        dgb = dg.sum(axis=0, out=ws.empty("dgb", self.shapes[1], a))
+        if not need_input:
+            return None, (dgw, dgb)
+        dg_in = _matmul(dg, w, ws.empty("dg_in", a.shape, a))
+        dg_in += _matmul(g, dw, ws.empty("dg_in_from_weights", a.shape, a))
+        return dg_in, (dgw, dgb)
+
+    def rop_reads_gradient(self, first: bool) -> bool:
+        return not first
 
 
 class BatchNorm:
@@ -72,84 +96,98 @@ class BatchNorm:
     def init(self, rng: np.random.Generator) -> list[np.ndarray]:
         return [np.ones(self.channels), np.zeros(self.channels)]
 
-    def forward(self, p, a):
+    def forward(self, p, a, ws: Scratch = FRESH):
         gamma, beta = p
-        z, stats = numbabn.forward(a, gamma, beta, eps=self.eps)
+        z, stats = numbabn.forward(a, gamma, beta, eps=self.eps, out=ws.empty("z", a.shape, a))
         return z, (a, stats)
 
-    def tangent(self, p, dp, cache, da):
+    def tangent(self, p, dp, cache, da, ws: Scratch = FRESH):
         a, stats = cache
-        da = _xp(a).zeros_like(a) if da is None else da
-        return numbabn.jvp(a, p[0], da, stats, u_gamma=dp[0], u_beta=dp[1])
+        da = ws.zeros("zero_tangent", a) if da is None else da
+        out = ws.empty("dz", a.shape, a)
+        return numbabn.jvp(a, p[0], da, stats, u_gamma=dp[0], u_beta=dp[1], out=out)
 
-    def backward(self, p, cache, g):
+    def backward(self, p, cache, g, ws: Scratch = FRESH):
         a, stats = cache
-        dx, dgamma, dbeta = numbabn.vjp(a, p[0], g, stats)
+        dx, dgamma, dbeta = numbabn.vjp(a, p[0], g, stats, out=ws.empty("g_in", a.shape, a))
         return dx, (dgamma, dbeta)
 
-    def input_gradient(self, p, cache, g):
-        return self.backward(p, cache, g)[0]
+    def input_gradient(self, p, cache, g, ws: Scratch = FRESH):
+        return self.backward(p, cache, g, ws)[0]
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
         a, stats = cache
-        da = _xp(a).zeros_like(a) if da is None else da
-        dx, dgamma, dbeta = numbabn.rop_backward(a, p[0], g, dg, da, stats, u_gamma=dp[0])
+        da = ws.zeros("zero_tangent", a) if da is None else da
+        out = ws.empty("dg_in", a.shape, a)
+        dx, dgamma, dbeta = numbabn.rop_backward(a, p[0], g, dg, da, stats, u_gamma=dp[0], out=out)
         return dx, (dgamma, dbeta)
+
+    def rop_reads_gradient(self, first: bool) -> bool:
+        return True
 
 
 class _Elementwise:
-    """An activation ``z = f(a)``; subclasses give f, f' (from a and z) and f''
-    (from z and f', or None where it is zero). The forward pass caches f', which
-    every other map reuses."""
+    """An activation ``z = f(a)``; subclasses give f, f' (from a and z, each into
+    ``out``) and f'' (from z and f', or None where it is zero). The forward pass
+    caches f', which every other map reuses."""
 
     shapes: list[tuple[int, ...]] = []
 
     def init(self, rng: np.random.Generator) -> list[np.ndarray]:
         return []
 
-    def forward(self, p, a):
-        z = self.f(a)
-        return z, (z, self.df(a, z))
+    def forward(self, p, a, ws: Scratch = FRESH):
+        z = self.f(a, ws.empty("z", a.shape, a))
+        return z, (z, self.df(a, z, ws.empty("df", a.shape, a)))
 
-    def tangent(self, p, dp, cache, da):
+    def tangent(self, p, dp, cache, da, ws: Scratch = FRESH):
         _, df = cache
-        return 0.0 * df if da is None else df * da
+        out = ws.empty("dz", df.shape, df)
+        if da is None:
+            out.fill(0.0)
+            return out
+        return _xp(df).multiply(df, da, out=out)
 
-    def backward(self, p, cache, g):
-        return self.input_gradient(p, cache, g), ()
+    def backward(self, p, cache, g, ws: Scratch = FRESH):
+        return self.input_gradient(p, cache, g, ws), ()
 
-    def input_gradient(self, p, cache, g):
-        return cache[1] * g
+    def input_gradient(self, p, cache, g, ws: Scratch = FRESH):
+        return _xp(g).multiply(cache[1], g, out=ws.empty("g_in", g.shape, g))
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
         if not need_input:
             return None, ()
         z, df = cache
-        out = df * dg
+        out = _xp(dg).multiply(df, dg, out=ws.empty("dg_in", dg.shape, dg))
         second = None if da is None else self.d2f(z, df)
         if second is not None:
             out += second * da * g
         return out, ()
 
+    def rop_reads_gradient(self, first: bool) -> bool:
+        return not first
+
 
 class Tanh(_Elementwise):
     """``z = tanh(a)``."""
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True):
+    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
         z, df = cache
         arrays = (z, df, dg, da, g)
         if not need_input or da is None or not _same_numpy_arrays(arrays):
-            return super().rop_backward(p, dp, cache, da, dz, g, dg, need_input)
-        out = np.empty_like(z)
+            return super().rop_backward(p, dp, cache, da, dz, g, dg, need_input, ws)
+        out = ws.empty("dg_in", z.shape, z)
         flat = [np.ascontiguousarray(a).reshape(-1) for a in (*arrays, out)]
         _activation_kernels().tanh_rop_backward(*flat)
         return out, ()
 
-    def f(self, a: Any):
-        return _xp(a).tanh(a)
+    def f(self, a: Any, out: Any):
+        return _xp(a).tanh(a, out=out)
 
-    def df(self, a: Any, z: Any):
-        return 1.0 - z * z
+    def df(self, a: Any, z: Any, out: Any):
+        xp = _xp(z)
+        xp.multiply(z, z, out=out)
+        return xp.subtract(1.0, out, out=out)
 
     def d2f(self, z: Any, df: Any):
         return -2.0 * z * df
@@ -158,14 +196,19 @@ class Tanh(_Elementwise):
 class ReLU(_Elementwise):
     """``z = max(a, 0)``; its second derivative is zero almost everywhere."""
 
-    def f(self, a: Any):
-        return _xp(a).maximum(a, 0.0)
+    def f(self, a: Any, out: Any):
+        return _xp(a).maximum(a, 0.0, out=out)
 
-    def df(self, a: Any, z: Any):
-        return (a > 0).astype(a.dtype)
+    def df(self, a: Any, z: Any, out: Any):
+        return _xp(a).greater(a, 0.0, out=out)
 
     def d2f(self, z: Any, df: Any):
         return None
+
+
+def _matmul(a: Any, b: Any, out: Any):
+    """``a @ b`` written into ``out``."""
+    return _xp(a).matmul(a, b, out=out)
 
 
 @functools.cache
@@ -186,12 +229,3 @@ def _same_numpy_arrays(arrays) -> bool:
         isinstance(a, np.ndarray) and a.shape == first.shape and a.dtype == first.dtype
         for a in arrays
     )
-
-
-def _xp(a: Any):
-    """The array namespace of ``a``: CuPy for CuPy arrays, else NumPy."""
-    if is_cupy_array(a):
-        import cupy
-
-        return cupy
-    return np

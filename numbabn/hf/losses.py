@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers import _xp
+from ._namespace import _xp
 
 
 class CrossEntropy:

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .layers import _xp
+from ._namespace import _xp
 from .losses import LOSSES
+from .workspace import Workspace
 
 
 class Sequential:
@@ -30,6 +31,10 @@ class Sequential:
     array namespace as ``X`` (NumPy or CuPy): ``theta`` and ``v`` are moved to
     it. BatchNorm runs in training mode (batch statistics of ``X``).
 
+    The network keeps its work arrays between calls, one set per batch shape
+    and thread (about a dozen activation-sized arrays per layer), which spares
+    the page faults of fresh arrays; :meth:`clear_workspace` releases them.
+
     Examples
     --------
     >>> import numpy as np
@@ -49,6 +54,18 @@ class Sequential:
         self.criterion = LOSSES[loss]()
         self._shapes = [s for layer in self.layers for s in layer.shapes]
         self.size = sum(math.prod(s) for s in self._shapes)
+        self._workspace = Workspace()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_workspace"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._workspace = Workspace()
+
+    def clear_workspace(self) -> None:
+        """Release the work arrays kept between calls (this thread's)."""
+        self._workspace.clear()
 
     # --- parameters -----------------------------------------------------------------
     def init(self, seed: int = 0) -> np.ndarray:
@@ -79,60 +96,69 @@ class Sequential:
         X = xp.asarray(X, dtype=xp.float64)
         return xp, X, [xp.asarray(a, dtype=xp.float64) for a in (theta, *more)]
 
-    def _forward(self, params, X):
+    def _forward(self, params, X, ws):
         caches, a = [], X
-        for layer, p in zip(self.layers, params, strict=True):
-            a, cache = layer.forward(p, a)
+        for layer, p, scratch in zip(self.layers, params, ws, strict=True):
+            a, cache = layer.forward(p, a, ws=scratch)
             caches.append(cache)
         return a, caches
 
-    def _backward(self, params, caches, g):
+    def _backward(self, params, caches, g, ws):
         grads = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
-            g, grads[k] = self.layers[k].backward(params[k], caches[k], g)
+            g, grads[k] = self.layers[k].backward(params[k], caches[k], g, ws=ws[k])
         return grads
 
-    def _tangents(self, params, dparams, caches, X):
+    def _tangents(self, params, dparams, caches, ws):
         """Forward tangents (J v): the input tangent of every layer and the output
         tangent. The network input is data: its tangent is None (zero)."""
         inputs, da = [], None
-        for layer, p, dp, cache in zip(self.layers, params, dparams, caches, strict=True):
+        for layer, p, dp, cache, scratch in zip(
+            self.layers, params, dparams, caches, ws, strict=True
+        ):
             inputs.append(da)
-            da = layer.tangent(p, dp, cache, da)
+            da = layer.tangent(p, dp, cache, da, ws=scratch)
         return inputs, da
+
+    def _scratches(self):
+        return self._workspace.scratches(len(self.layers))
 
     def predict(self, theta: Any, X: Any) -> Any:
         """Network outputs (logits for cross-entropy) on the batch X."""
+        return self._predict(theta, X).copy()  # a work array: the caller gets its own
+
+    def _predict(self, theta: Any, X: Any) -> Any:
         xp, X, (theta,) = self._prepare(theta, X)
-        return self._forward(self._unflatten(theta), X)[0]
+        return self._forward(self._unflatten(theta), X, self._scratches())[0]
 
     def loss(self, theta: Any, X: Any, y: Any) -> float:
         """The loss on the batch (X, y)."""
-        return self.criterion.value(self.predict(theta, X), y)
+        return self.criterion.value(self._predict(theta, X), y)
 
     def grad(self, theta: Any, X: Any, y: Any) -> Any:
         """Gradient of the loss w.r.t. theta."""
         xp, X, (theta,) = self._prepare(theta, X)
-        params = self._unflatten(theta)
-        z, caches = self._forward(params, X)
-        return self._flatten(self._backward(params, caches, self.criterion.gradient(z, y)), xp)
+        params, ws = self._unflatten(theta), self._scratches()
+        z, caches = self._forward(params, X, ws)
+        g = self.criterion.gradient(z, y)
+        return self._flatten(self._backward(params, caches, g, ws), xp)
 
     def ggnvp(self, theta: Any, X: Any, y: Any, v: Any) -> Any:
         """Generalised Gauss-Newton-vector product ``Jᵀ H_loss J v`` (Schraudolph 2002)."""
         xp, X, (theta, v) = self._prepare(theta, X, v)
-        params, dparams = self._unflatten(theta), self._unflatten(v)
-        z, caches = self._forward(params, X)
-        _, dz = self._tangents(params, dparams, caches, X)
+        params, dparams, ws = self._unflatten(theta), self._unflatten(v), self._scratches()
+        z, caches = self._forward(params, X, ws)
+        _, dz = self._tangents(params, dparams, caches, ws)
         hdz = self.criterion.hessian_vector(z, y, dz)
-        return self._flatten(self._backward(params, caches, hdz), xp)
+        return self._flatten(self._backward(params, caches, hdz, ws), xp)
 
     def hvp(self, theta: Any, X: Any, y: Any, v: Any) -> Any:
         """Exact Hessian-vector product: forward tangents, then the R-operator of
         the backward pass layer by layer (Pearlmutter 1994)."""
         xp, X, (theta, v) = self._prepare(theta, X, v)
-        params, dparams = self._unflatten(theta), self._unflatten(v)
-        z, caches = self._forward(params, X)
-        inputs, dz = self._tangents(params, dparams, caches, X)
+        params, dparams, ws = self._unflatten(theta), self._unflatten(v), self._scratches()
+        z, caches = self._forward(params, X, ws)
+        inputs, dz = self._tangents(params, dparams, caches, ws)
         g = self.criterion.gradient(z, y)
         dg = self.criterion.hessian_vector(z, y, dz)
         rgrads = [None] * len(self.layers)
@@ -140,13 +166,14 @@ class Sequential:
         for k in range(len(self.layers) - 1, -1, -1):
             layer, p, dp, cache = self.layers[k], params[k], dparams[k], caches[k]
             first = k == 0  # the network input needs no gradient
-            g_in = None if first else layer.input_gradient(p, cache, g)
+            below_reads_g = not first and self.layers[k - 1].rop_reads_gradient(k - 1 == 0)
+            g_in = layer.input_gradient(p, cache, g, ws=ws[k]) if below_reads_g else None
             dg, rgrads[k] = layer.rop_backward(
-                p, dp, cache, inputs[k], outputs[k], g, dg, need_input=not first
+                p, dp, cache, inputs[k], outputs[k], g, dg, need_input=not first, ws=ws[k]
             )
             g = g_in
         return self._flatten(rgrads, xp)
 
     def accuracy(self, theta: Any, X: Any, y: Any) -> float:
         """Fraction of correct argmax predictions (cross-entropy networks)."""
-        return float((self.predict(theta, X).argmax(axis=1) == y).mean())
+        return float((self._predict(theta, X).argmax(axis=1) == y).mean())

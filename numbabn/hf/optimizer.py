@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import _xp
+from ._namespace import _xp
 from .network import Sequential
 
 
