@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import numbabn
+from numbabn import config
 
 import reference as ref
 from cases import assert_close, make_case, symmetric_curvature
@@ -21,6 +22,8 @@ SHAPES = [
     ((2, 2, 3, 2, 3), -1),
     ((1, 3, 4, 5), 1),  # a batch of one
     ((1, 4), 1),  # one element per channel: xhat = 0
+    ((13, 600), 1),  # rows of >= 512 channels: the four-row reduction, a 1-row tail
+    ((2, 3, 520), -1),  # the same, channels-last, a 2-row tail
 ]
 DTYPES = [np.float64, np.float32]
 layouts = pytest.mark.parametrize(("shape", "axis"), SHAPES)
@@ -166,6 +169,24 @@ def test_rop_backward(shape, axis, dtype, n_dir, with_u_gamma):
         want = [np.stack(parts) for parts in zip(*per, strict=True)]
     for g, w, name in zip(got, want, ("dx_dot", "dgamma_dot", "dbeta_dot"), strict=True):
         assert_close(g, w, dtype, name)
+
+
+@dtypes
+def test_wide_rows_in_several_chunks(dtype):
+    """The four-row reduction of wide rows where the batch splits into chunks
+    whose lengths are not multiples of four (zero-padded last blocks)."""
+    shape, n_dir = (1030, 520), 3
+    c = make_case(shape, 1, dtype, n_dir=n_dir)
+    x, g, dz, hz = c["x"], c["gamma"], c["dz"], c["hz"]
+    assert config.MIN_CHUNK_ROWS <= shape[0] // 4  # several chunks
+    got = numbabn.hvp(x, g, dz, c["u"], hz)
+    want = _stack(lambda u: ref.hvp(x, g, dz, u, hz, 1e-5, 1), c, n_dir, ["u"])
+    assert_close(got, want, dtype, "hvp")
+    dx, dgamma, _ = numbabn.rop_backward(x, g, dz, c["dz_dot"], c["u"], u_gamma=c["u_gamma"])
+    for v in range(n_dir):
+        want = ref.rop_backward(x, g, dz, c["dz_dot"][v], c["u"][v], c["u_gamma"][v], 1e-5, 1)
+        assert_close(dx[v], want[0], dtype, "rop_backward dx_dot")
+        assert_close(dgamma[v], want[1], dtype, "rop_backward dgamma_dot")
 
 
 def test_stats_reuse_gives_same_result():

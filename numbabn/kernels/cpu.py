@@ -26,10 +26,16 @@ FASTMATH = {"reassoc", "contract"}
 #: instead of raising, and no division checks block vectorisation).
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 _scalar = njit(**_OPTIONS)
+_inline = njit(fastmath=FASTMATH, inline="always", **_OPTIONS)  # helpers of the kernels
 _channel_coefficients = _scalar(f.channel_coefficients)
 _channel_variance = _scalar(f.channel_variance)
 _affine = _scalar(f.affine_value)
 
+
+#: Fewest channels in a block for which the rows-layout reduction adds up four
+#: rows per pass (:func:`_wide_rows_moments`): narrower blocks keep their
+#: accumulators in L1 and go faster row by row. Measured crossover: 512.
+WIDE_BLOCK = 512
 
 #: Serial twins of the parallel kernels, by name: the same code compiled without
 #: threads, for arrays too small to repay waking the thread pool (each parallel
@@ -121,7 +127,9 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
     part = np.zeros((n_chunks, n_dir, f.N_SUMS, n_ch))
     for task in prange(n_chunks * n_blocks):
         k, lo, hi, c0, c1 = _task_bounds(task, n_chunks, n_blocks, pre, n_ch)
-        if x.ndim == 2:
+        if x.ndim == 2 and c1 - c0 >= WIDE_BLOCK:
+            _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
+        elif x.ndim == 2:
             _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
         else:
             _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, part[k])
@@ -132,7 +140,7 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
     return sums
 
 
-@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+@_inline
 def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout.
 
@@ -195,7 +203,114 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
                     a_hxu[c] += hu * xh
 
 
-@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+@_inline
+def _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
+    """:func:`_rows_moments` for channel blocks of at least ``WIDE_BLOCK`` channels.
+
+    Rows go four at a time (see :func:`_four_rows`): each accumulator is then
+    loaded and stored once per four rows instead of once per row. The loops
+    are those of :func:`_rows_moments`. On (4096, 1024) the reduction ran
+    1.3x (float64) to 1.7x (float32) faster than row by row; on 256 channels
+    it ran 1.6x slower, hence two versions.
+    """
+    n = c1 - c0
+    mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
+    a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
+    a_h, a_hx, a_hxx = acc[0, f.S_H, c0:c1], acc[0, f.S_HX, c0:c1], acc[0, f.S_HXX, c0:c1]
+    zero = np.zeros(n, x.dtype)
+    for i in range(lo, hi, 4):
+        xs = _four_rows(x, i, hi, c0, c1, x[i, c0:c1])
+        if dz is not None:
+            dzs = _four_rows(dz, i, hi, c0, c1, zero)
+        if h is not None:
+            hs = _four_rows(h, i, hi, c0, c1, zero)
+            for c in range(n):
+                xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
+                hv = _at4(hs, c)
+                a_h[c] += _sum4(hv)
+                a_hx[c] += _dot4(hv, xh)
+                a_hxx[c] += _dot4(_mul4(hv, xh), xh)
+        for v in range(n_dir):
+            a_u, a_xu, a_dzu = acc[v, f.S_U, c0:c1], acc[v, f.S_XU, c0:c1], acc[v, f.S_DZU, c0:c1]
+            a_w, a_xw = acc[v, f.S_W, c0:c1], acc[v, f.S_XW, c0:c1]
+            if u is not None:
+                us = _four_rows(u[v], i, hi, c0, c1, zero)
+            if w is not None:
+                ws = _four_rows(w[v], i, hi, c0, c1, zero)
+            once = v == 0  # direction-independent sums ride along with direction 0
+            for c in range(n):
+                xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
+                if dz is not None:
+                    d = _at4(dzs, c)
+                    if once:
+                        a_dz[c] += _sum4(d)
+                        a_xdz[c] += _dot4(xh, d)
+                if u is not None:
+                    uv = _at4(us, c)
+                    a_u[c] += _sum4(uv)
+                    a_xu[c] += _dot4(xh, uv)
+                    if dz is not None:
+                        a_dzu[c] += _dot4(d, uv)
+                if w is not None:
+                    wv = _at4(ws, c)
+                    a_w[c] += _sum4(wv)
+                    a_xw[c] += _dot4(xh, wv)
+            if h is not None and u is not None:
+                a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
+                for c in range(n):
+                    xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
+                    hu = _mul4(_at4(hs, c), _at4(us, c))
+                    a_hu[c] += _sum4(hu)
+                    a_hxu[c] += _dot4(hu, xh)
+
+
+@_inline
+def _four_rows(a, i, hi, c0, c1, pad):
+    """Rows i..i+3 of a 2-D array, each as its channel block [c0, c1); rows at
+    or past ``hi`` are ``pad``.
+
+    The rows-layout reductions add up four rows per pass over the channel
+    block. In the last block of a chunk, dz, h, u and w pad with zeros: every
+    sum has one of them as a factor (or is one), so the padding adds nothing;
+    x pads with a row of its own. The 1-D slices are indexed from 0: Numba then
+    knows the indices are non-negative and the loops vectorise.
+    """
+    return (
+        a[i, c0:c1],
+        a[i + 1, c0:c1] if i + 1 < hi else pad,
+        a[i + 2, c0:c1] if i + 2 < hi else pad,
+        a[i + 3, c0:c1] if i + 3 < hi else pad,
+    )
+
+
+@_inline
+def _at4(rows, c):
+    """Element ``c`` of four rows, as float64."""
+    r0, r1, r2, r3 = rows
+    return np.float64(r0[c]), np.float64(r1[c]), np.float64(r2[c]), np.float64(r3[c])
+
+
+@_inline
+def _xhat4(xv, m, s):
+    return (xv[0] - m) * s, (xv[1] - m) * s, (xv[2] - m) * s, (xv[3] - m) * s
+
+
+@_inline
+def _mul4(p, q):
+    return p[0] * q[0], p[1] * q[1], p[2] * q[2], p[3] * q[3]
+
+
+@_inline
+def _sum4(p):
+    return (p[0] + p[1]) + (p[2] + p[3])
+
+
+@_inline
+def _dot4(p, q):
+    return (p[0] * q[0] + p[1] * q[1]) + (p[2] * q[2] + p[3] * q[3])
+
+
+@_inline
 def _plane_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C, post) layout."""
     post = x.shape[2]
@@ -324,7 +439,7 @@ def apply_affine(x, mean, invstd, dz, h, u, w, coef, out, tile_rows):
                         out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
 
 
-@njit(fastmath=FASTMATH, inline="always", **_OPTIONS)
+@_inline
 def _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i):
     """apply_affine on row ``i`` of direction ``v`` of the (pre, C) layout.
 
