@@ -104,3 +104,33 @@ def test_serial_twins_agree_with_parallel_kernels(shape, axis, dtype, n_dir, mon
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for k, (p, s) in enumerate(zip(parallel, serial, strict=True)):
         np.testing.assert_allclose(s, p, rtol=tol, atol=tol, err_msg=f"result {k}")
+
+
+_POLICY_SCRIPT = """
+import os, numpy as np
+from numba.np.ufunc import parallel
+seen = []
+launch = parallel._launch_threads
+parallel._launch_threads = lambda: (seen.append(os.environ.get("OMP_WAIT_POLICY")), launch())
+import numbabn
+x = np.random.default_rng(0).normal(size=(64, 8))
+numbabn.rvp(x, np.ones(8), x, x)
+print(seen[0], os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"), [(None, "PASSIVE None"), ("ACTIVE", "ACTIVE ACTIVE")]
+)
+def test_thread_pool_starts_passive_without_touching_the_environment(user, expected):
+    """Numba's OpenMP pool starts with idle threads asleep; the process environment
+    (read by other OpenMP runtimes, e.g. PyTorch's, when they load) is restored,
+    and a policy the user chose wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    run = subprocess.run(
+        [sys.executable, "-c", _POLICY_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == expected.split()
