@@ -113,24 +113,49 @@ seen = []
 launch = parallel._launch_threads
 parallel._launch_threads = lambda: (seen.append(os.environ.get("OMP_WAIT_POLICY")), launch())
 import numbabn
+from numbabn import hf
 x = np.random.default_rng(0).normal(size=(64, 8))
-numbabn.rvp(x, np.ones(8), x, x)
+if {entry!r} == "layer":
+    numbabn.rvp(x, np.ones(8), x, x)
+else:  # hf runs numbabn on one Numba thread: the pool must still start numbabn's way
+    net = hf.Sequential([hf.BatchNorm(8)], loss="mse")
+    net.loss(net.init(), x, x)
 print(seen[0], os.environ.get("OMP_WAIT_POLICY"))
 """
 
 
+@pytest.mark.parametrize("entry", ["layer", "hf"])
 @pytest.mark.parametrize(
     ("user", "expected"), [(None, "PASSIVE None"), ("ACTIVE", "ACTIVE ACTIVE")]
 )
-def test_thread_pool_starts_passive_without_touching_the_environment(user, expected):
+def test_thread_pool_starts_passive_without_touching_the_environment(entry, user, expected):
     """Numba's OpenMP pool starts with idle threads asleep; the process environment
     (read by other OpenMP runtimes, e.g. PyTorch's, when they load) is restored,
     and a policy the user chose wins."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if user is not None:
         env["OMP_WAIT_POLICY"] = user
+    script = _POLICY_SCRIPT.format(entry=entry)
     run = subprocess.run(
-        [sys.executable, "-c", _POLICY_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == expected.split()
+
+
+def test_one_numba_thread_runs_the_serial_kernels():
+    """A caller on one Numba thread (as hf's layers are) gets the serial twins
+    whatever the size; otherwise large arrays take the parallel kernels."""
+    import numba
+
+    from numbabn._dispatch import _cpu
+
+    backend = _cpu()
+    big = 10 * config.SERIAL_MAX_ELEMENTS
+    assert backend._kernel("apply_affine", big) is backend.kernels.apply_affine
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert backend._kernel("apply_affine", big) is backend.kernels.serial["apply_affine"]
+    finally:
+        numba.set_num_threads(before)
