@@ -151,7 +151,7 @@ def test_one_numba_thread_runs_the_serial_kernels():
     from numbabn._dispatch import _cpu
 
     backend = _cpu()
-    big = 10 * config.SERIAL_MAX_ELEMENTS
+    big = 2**40  # elements: far above any serial threshold
     assert backend._kernel("apply_affine", big) is backend.kernels.apply_affine
     before = numba.get_num_threads()
     numba.set_num_threads(1)
