@@ -118,11 +118,8 @@ class CpuBackend:
         return _readonly(np.array(x3[0, :, 0], dtype=np.float64))
 
     def _kernel(self, name: str, elements: int):
-        """The parallel kernel ``name``, or its serial twin for small arrays and
-        for callers that run Numba on one thread (``numba.set_num_threads(1)``)."""
-        import numba
-
-        if elements <= config.SERIAL_MAX_ELEMENTS or numba.get_num_threads() == 1:
+        """The parallel kernel ``name``, or its serial twin for small arrays."""
+        if elements <= config.SERIAL_MAX_ELEMENTS:
             return self.kernels.serial[name]
         return getattr(self.kernels, name)
 

@@ -141,21 +141,3 @@ def test_thread_pool_starts_passive_without_touching_the_environment(entry, user
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == expected.split()
-
-
-def test_one_numba_thread_runs_the_serial_kernels():
-    """A caller on one Numba thread (as hf's layers are) gets the serial twins
-    whatever the size; otherwise large arrays take the parallel kernels."""
-    import numba
-
-    from numbabn._dispatch import _cpu
-
-    backend = _cpu()
-    big = 2**40  # elements: far above any serial threshold
-    assert backend._kernel("apply_affine", big) is backend.kernels.apply_affine
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        assert backend._kernel("apply_affine", big) is backend.kernels.serial["apply_affine"]
-    finally:
-        numba.set_num_threads(before)
