@@ -32,7 +32,7 @@ class Sequential:
     it. BatchNorm runs in training mode (batch statistics of ``X``).
 
     The network keeps its work arrays between calls, one set per batch shape
-    and thread (about a dozen activation-sized arrays per layer), which spares
+    and thread (up to six activation-sized arrays per layer), which spares
     the page faults of fresh arrays; :meth:`clear_workspace` releases them.
 
     Examples
