@@ -102,19 +102,20 @@ class SeveralDirections:
 class NetworkHVP:
     """One exact HVP of a BatchNorm MLP (numbabn.hf) vs PyTorch double backward."""
 
-    params = (["numbabn", "torch"],)
-    param_names = ["implementation"]
+    params = (["numbabn", "torch"], [1024, 2048])
+    param_names = ["implementation", "batch"]
     timeout = 300
 
-    def setup(self, implementation):
+    def setup(self, implementation, batch):
         from numbabn.bench import network_hvp_calls
 
-        batch = 64 if SMALL else 1024
+        if SMALL:
+            batch //= 16
         ours, theirs = network_hvp_calls(batch=batch, width=32 if SMALL else 256)
         self.call = ours if implementation == "numbabn" else theirs
         if self.call is None:
             raise NotImplementedError("torch is not installed")
         self.call()
 
-    def time_hvp(self, implementation):
+    def time_hvp(self, implementation, batch):
         self.call()
