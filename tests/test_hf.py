@@ -224,3 +224,18 @@ def test_scratch_hands_out_one_array_per_layer_role_and_shape():
     assert first.empty("z", (3, 2), like.astype(np.float32)).dtype == np.float32
     assert FRESH.empty("z", (3, 2), like) is not FRESH.empty("z", (3, 2), like)
     np.testing.assert_array_equal(first.zeros("zero", like), 0.0)
+
+
+def test_batchnorm_layers_restore_numbas_thread_count():
+    """hf runs numbabn on one Numba thread and gives the caller's count back,
+    also when a call fails."""
+    import numba
+
+    net, theta, X, y, rng = make_problem("cross_entropy", hf.Tanh)
+    before = numba.get_num_threads()
+    net.hvp(theta, X, y, rng.normal(size=net.size))
+    assert numba.get_num_threads() == before
+    layer = hf.BatchNorm(5)
+    with pytest.raises(ValueError):
+        layer.forward([np.ones(4), np.zeros(4)], X)  # 4 channels for a 5-channel batch
+    assert numba.get_num_threads() == before
