@@ -219,8 +219,8 @@ def _one_thread():
 
     After each matrix product the BLAS threads spin for a while; kernels that
     wake Numba's threads between products then wait for a core. An exact HVP
-    of the 64-256-BN-tanh-256-BN-tanh-10 network took 72 ms with a batch of
-    2048 on two threads and 48-56 ms on one (2 cores). The parallel kernels
+    of the 64-256-BN-tanh-256-BN-tanh-10 network took 80-92 ms with a batch
+    of 2048 on two threads and 46-58 ms on one (2 cores, interleaved A/B). The parallel kernels
     run on one thread (same tiling, so the same bits as with more threads).
     Numba's thread count is per calling thread: other threads are unaffected.
     """
