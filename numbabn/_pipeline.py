@@ -60,8 +60,8 @@ class Call:
         optional: tuple[str, ...] = (),
         comm: Any = None,
     ) -> None:
-        self.be = select_backend({"x": x, "gamma": gamma, **arrays}, backend, optional)
-        self.inputs = {"x": x, "gamma": gamma, **arrays}  # for the overlap check of ``out``
+        self.inputs = {"x": x, "gamma": gamma, **arrays}  # also for the overlap check of out
+        self.be = select_backend(self.inputs, backend, optional)
         self.dtype = require_float_dtype("x", x.dtype)
         for name, a in arrays.items():
             if a is not None:

@@ -99,7 +99,7 @@ class BatchNorm:
 
     def forward(self, p, a, ws: Scratch = FRESH):
         gamma, beta = p
-        with _one_thread():
+        with _one_thread(a):
             z, stats = numbabn.forward(a, gamma, beta, eps=self.eps, out=ws.empty("z", a.shape, a))
         return z, (a, stats)
 
@@ -107,12 +107,12 @@ class BatchNorm:
         a, stats = cache
         da = ws.zeros("zero_tangent", a) if da is None else da
         out = ws.empty("dz", a.shape, a)
-        with _one_thread():
+        with _one_thread(a):
             return numbabn.jvp(a, p[0], da, stats, u_gamma=dp[0], u_beta=dp[1], out=out)
 
     def backward(self, p, cache, g, ws: Scratch = FRESH):
         a, stats = cache
-        with _one_thread():
+        with _one_thread(a):
             dx, dgamma, dbeta = numbabn.vjp(a, p[0], g, stats, out=ws.empty("g_in", a.shape, a))
         return dx, (dgamma, dbeta)
 
@@ -123,7 +123,7 @@ class BatchNorm:
         a, stats = cache
         da = ws.zeros("zero_tangent", a) if da is None else da
         out = ws.empty("dg_in", a.shape, a)
-        with _one_thread():
+        with _one_thread(a):
             dx, dgamma, dbeta = numbabn.rop_backward(
                 a, p[0], g, dg, da, stats, u_gamma=dp[0], out=out
             )
@@ -214,16 +214,21 @@ class ReLU(_Elementwise):
 
 
 @contextlib.contextmanager
-def _one_thread():
-    """Run numbabn's CPU kernels on the calling thread only.
+def _one_thread(like: Any):
+    """Run numbabn's CPU kernels on the calling thread only (for NumPy ``like``;
+    CUDA arrays go to the GPU and leave Numba's CPU threads alone).
 
     After each matrix product the BLAS threads spin for a while; kernels that
     wake Numba's threads between products then wait for a core. An exact HVP
     of the 64-256-BN-tanh-256-BN-tanh-10 network took 80-92 ms with a batch
-    of 2048 on two threads and 46-58 ms on one (2 cores, interleaved A/B). The parallel kernels
-    run on one thread (same tiling, so the same bits as with more threads).
-    Numba's thread count is per calling thread: other threads are unaffected.
+    of 2048 on two threads and 46-58 ms on one (2 cores, interleaved A/B).
+    The parallel kernels run on one thread (same tiling, so the same bits as
+    with more threads). Numba's thread count is per calling thread: other
+    threads are unaffected.
     """
+    if not isinstance(like, np.ndarray):
+        yield
+        return
     import numba
 
     from .._dispatch import _cpu

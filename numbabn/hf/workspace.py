@@ -33,22 +33,20 @@ class Scratch:
 
     def empty(self, role: str, shape: tuple[int, ...], like: Any) -> Any:
         """An uninitialised array of ``like``'s namespace and dtype, shaped ``shape``."""
-        xp = _xp(like)
-        if self._store is None:
-            return xp.empty(shape, like.dtype)
-        key = (self._owner, role, tuple(shape), like.dtype.str, xp.__name__)
-        array = self._store.get(key)
-        if array is None:
-            array = self._store[key] = xp.empty(shape, like.dtype)
-        return array
+        return self._kept(role, shape, like, lambda xp: xp.empty(shape, like.dtype))
 
     def zeros(self, role: str, like: Any) -> Any:
         """A zero array shaped like ``like``; callers only read it."""
+        return self._kept(role, like.shape, like, lambda xp: xp.zeros_like(like))
+
+    def _kept(self, role: str, shape, like: Any, make) -> Any:
+        """The array of ``role`` made by ``make(xp)``: kept in the store, if any."""
+        xp = _xp(like)
         if self._store is None:
-            return _xp(like).zeros_like(like)
-        key = (self._owner, role, tuple(like.shape), like.dtype.str, _xp(like).__name__)
+            return make(xp)
+        key = (self._owner, role, tuple(shape), like.dtype.str, xp.__name__)
         if key not in self._store:
-            self._store[key] = _xp(like).zeros_like(like)
+            self._store[key] = make(xp)
         return self._store[key]
 
 

@@ -9,10 +9,10 @@ batch sizes of ``hf`` waking a thread pool would cost more than it saves.
 
 from numba import njit
 
-from .cpu import FASTMATH
+from .cpu import _OPTIONS, FASTMATH
 
 
-@njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
+@njit(fastmath=FASTMATH, **_OPTIONS)
 def tanh_rop_backward(z, df, dg, da, g, out):
     """``out = f'*dg + f''*da*g`` for ``z = tanh(a)``: ``f' = df = 1 - z**2`` and
     ``f'' = -2*z*f'``. Every argument is a flat array of one length."""

@@ -116,8 +116,8 @@ def _rows_shifted_sums(x, shift, lo, hi, c0, c1, acc):
 
     Blocks of at least ``WIDE_BLOCK`` channels take four rows per pass while
     four remain (1.4-1.7x faster on (4096, 1024) and (256, 4096)); the rest go
-    row by row (x - shift has no zero factor to pad with). The loops index 1-D slices from 0
-    (see :func:`_four_rows`).
+    row by row (x - shift has no zero factor to pad with). The loops index 1-D
+    slices from 0 (see :func:`_four_rows`).
     """
     shift_b, a_1, a_2 = shift[c0:c1], acc[0, c0:c1], acc[1, c0:c1]
     rest = lo
