@@ -14,6 +14,7 @@ import pytest
 import numbabn
 from numbabn import closed_form
 from numbabn.kernels import cpu
+from numbabn.kernels import formulas as f
 
 from cases import relative_error
 
@@ -120,3 +121,37 @@ print("ok")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        f.TERM_PARAM,
+        f.TERM_PROJ_U | f.TERM_PARAM,
+        f.TERM_PROJ_W,
+        f.TERM_RVP,
+        f.TERM_RVP | f.TERM_CURV,
+        f.TERM_RVP | f.TERM_PROJ_W | f.TERM_UG_PROJ_DZ,
+        f.TERM_PROJ_U | f.TERM_PROJ_W | f.TERM_CURV,  # a combination no operation uses
+    ],
+)
+def test_coefficients_compiled_per_terms_value_match_the_formulas(terms):
+    """Each terms value has its own compiled coefficient kernel (the value is a
+    compile-time constant); every one must give what the shared per-channel
+    formulas give when run as plain Python."""
+    rng = np.random.default_rng(terms)
+    n_dir, n_ch, count = 3, 5, 7.0
+    sums = rng.standard_normal((n_dir, f.N_SUMS, n_ch))
+    gamma, invstd = rng.uniform(0.5, 1.5, (2, n_ch))
+    ug, ub = rng.standard_normal((2, n_dir, n_ch))
+    expected = np.empty((n_dir, f.N_COEF, n_ch))
+    for v in range(n_dir):
+        for c in range(n_ch):
+            f.channel_coefficients(
+                terms, sums, v, c, gamma[c], invstd[c], count, ug[v, c], ub[v, c], expected
+            )
+    got = cpu.coefficients(terms, sums, gamma, invstd, count, ug, ub)
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13)
+    without_ub = cpu.coefficients(terms, sums, gamma, invstd, count, ug, None)
+    expected_k1 = np.where(terms & f.TERM_PARAM, expected[:, f.K_1] - ub, expected[:, f.K_1])
+    np.testing.assert_allclose(without_ub[:, f.K_1], expected_k1, rtol=1e-12, atol=1e-12)
