@@ -143,12 +143,12 @@ class CpuBackend:
     def coefficients(self, terms: int, sums, gamma, invstd, count: int, ug, ub):
         return self.kernels.coefficients(terms, sums, gamma, invstd, float(count), ug, ub)
 
-    def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
+    def apply_affine(self, x3, mean, dz, h, u, w, coef, out) -> None:
         r = _rows
         kernel = self._kernel("apply_affine", out.size)
         tile_rows = max(1, config.APPLY_TILE_ELEMENTS // (x3.shape[1] * x3.shape[2]))
         with self._serialized():
-            kernel(r(x3), mean, invstd, r(dz), r(h), r(u), r(w), coef, r(out), tile_rows)
+            kernel(r(x3), mean, r(dz), r(h), r(u), r(w), coef, r(out), tile_rows)
 
 
 def _rows(a: np.ndarray | None) -> np.ndarray | None:

@@ -162,9 +162,8 @@ class CudaBackend:
         self._launch(self.kernels.coefficients, n_dir * n_ch, *args)
         return coef
 
-    def apply_affine(self, x3, mean, invstd, dz, h, u, w, coef, out) -> None:
-        d = self.device
-        args = (x3, d(mean), d(invstd), dz, h, u, w, coef, out)
+    def apply_affine(self, x3, mean, dz, h, u, w, coef, out) -> None:
+        args = (x3, self.device(mean), dz, h, u, w, coef, out)
         self._launch(self.kernels.apply_affine, out.size, *args)
 
     # --- launches -----------------------------------------------------------------

@@ -182,7 +182,7 @@ class Call:
         coef = be.coefficients(terms, sums, self.gamma, st.invstd, st.count, ug, ub)
         if out is None:
             out = be.empty((n_dir, *self.dims), self.dtype)
-        be.apply_affine(self.x3, st.mean, st.invstd, dz, h, u, w, coef, out)
+        be.apply_affine(self.x3, st.mean, dz, h, u, w, coef, out)
         return out, coef
 
     def shaped(self, res, batched: bool, out: Any = None):

@@ -61,8 +61,8 @@ def test_reduction_kernels_compile(dtype):
 @pytest.mark.parametrize("dtype", [types.float32, types.float64])
 def test_apply_and_conversion_kernels_compile(dtype):
     for present in VARIANTS:
-        sig = (arr(dtype, 3), arr(F64, 1), arr(F64, 1), *_optional(dtype, present),
-               arr(F64, 3), arr(dtype, 4))  # fmt: skip
+        sig = (arr(dtype, 3), arr(F64, 1), *_optional(dtype, present), arr(F64, 3),
+               arr(dtype, 4))  # fmt: skip
         _ptx(kernels.apply_affine, sig)
     _ptx(kernels.to_float64_rows, (arr(dtype, 2), arr(F64, 2)))
     _ptx(kernels.first_elements, (arr(dtype, 3), arr(F64, 1)))

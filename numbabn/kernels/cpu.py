@@ -471,9 +471,10 @@ def _coefficients_of_terms(sums, gamma, invstd, count, ug, ub):
 
 
 @_kernel
-def apply_affine(x, mean, invstd, dz, h, u, w, coef, out, tile_rows):
-    """Write ``out[v] = K_U*u[v] + K_W*w[v] + K_DZ*dz + K_X*xhat + K_1
-    + h*(KH_U*u[v] + KH_X*xhat + KH_1)`` with per-channel coefficients.
+def apply_affine(x, mean, dz, h, u, w, coef, out, tile_rows):
+    """Write ``out[v] = K_U*u[v] + K_W*w[v] + K_DZ*dz + K_X*xc + K_1
+    + h*(KH_U*u[v] + KH_X*xc + KH_1)`` with per-channel coefficients and
+    ``xc = x - mean`` (``formulas.affine_value``).
 
     Layouts as in :func:`moment_sums`; ``out`` is (V, pre, C, post), or
     (V, pre, C) for rows, in the input dtype. Every element is written once,
@@ -488,20 +489,20 @@ def apply_affine(x, mean, invstd, dz, h, u, w, coef, out, tile_rows):
         v = task - tile * n_dir
         for i in range(tile * tile_rows, min(pre, (tile + 1) * tile_rows)):
             if x.ndim == 2:
-                _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i)
+                _rows_apply(x, mean, dz, h, u, w, coef, out, v, i)
             else:
                 for c in range(n_ch):
                     for j in range(x.shape[2]):
-                        xh = (np.float64(x[i, c, j]) - mean[c]) * invstd[c]
+                        xc = np.float64(x[i, c, j]) - mean[c]
                         uv = np.float64(u[v, i, c, j]) if u is not None else 0.0
                         wv = np.float64(w[v, i, c, j]) if w is not None else 0.0
                         dzv = np.float64(dz[i, c, j]) if dz is not None else 0.0
                         hv = np.float64(h[i, c, j]) if h is not None else 0.0
-                        out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
+                        out[v, i, c, j] = _affine(coef, v, c, xc, uv, wv, dzv, hv)
 
 
 @_inline
-def _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i):
+def _rows_apply(x, mean, dz, h, u, w, coef, out, v, i):
     """apply_affine on row ``i`` of direction ``v`` of the (pre, C) layout.
 
     The expression of ``formulas.affine_value``, with each coefficient's row
@@ -520,8 +521,8 @@ def _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i):
     if h is not None:
         h_row = h[i]
     for c in range(o_row.shape[0]):
-        xh = (np.float64(x_row[c]) - mean[c]) * invstd[c]
-        r = k_x[c] * xh + k_1[c]
+        xc = np.float64(x_row[c]) - mean[c]
+        r = k_x[c] * xc + k_1[c]
         uv = 0.0
         if u is not None:
             uv = np.float64(u_row[c])
@@ -531,5 +532,5 @@ def _rows_apply(x, mean, invstd, dz, h, u, w, coef, out, v, i):
         if dz is not None:
             r += k_dz[c] * np.float64(dz_row[c])
         if h is not None:
-            r += np.float64(h_row[c]) * (kh_u[c] * uv + kh_x[c] * xh + kh_1[c])
+            r += np.float64(h_row[c]) * (kh_u[c] * uv + kh_x[c] * xc + kh_1[c])
         o_row[c] = r

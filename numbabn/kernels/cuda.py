@@ -128,7 +128,7 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub, coef):
 
 
 @cuda.jit
-def apply_affine(x, mean, invstd, dz, h, u, w, coef, out):
+def apply_affine(x, mean, dz, h, u, w, coef, out):
     """Grid-stride apply pass; see ``formulas.affine_value``."""
     n_dir, pre, n_ch, post = out.shape
     per_dir = pre * n_ch * post
@@ -140,12 +140,12 @@ def apply_affine(x, mean, invstd, dz, h, u, w, coef, out):
         r -= i * n_ch * post
         c = r // post
         j = r - c * post
-        xh = (float64(x[i, c, j]) - mean[c]) * invstd[c]
+        xc = float64(x[i, c, j]) - mean[c]
         uv = float64(u[v, i, c, j]) if u is not None else 0.0
         wv = float64(w[v, i, c, j]) if w is not None else 0.0
         dzv = float64(dz[i, c, j]) if dz is not None else 0.0
         hv = float64(h[i, c, j]) if h is not None else 0.0
-        out[v, i, c, j] = _affine(coef, v, c, xh, uv, wv, dzv, hv)
+        out[v, i, c, j] = _affine(coef, v, c, xc, uv, wv, dzv, hv)
 
 
 @cuda.jit

@@ -7,7 +7,10 @@ Every operation of numbabn is *reduce, then apply* (DESIGN.md §2):
    coefficients ``K_*`` (and the parameter outputs ``P_*``);
 3. an apply pass writes, for every element,
 
-   ``out = K_U*u + K_W*w + K_DZ*dz + K_X*xhat + K_1 + h*(KH_U*u + KH_X*xhat + KH_1)``.
+   ``out = K_U*u + K_W*w + K_DZ*dz + K_X*xc + K_1 + h*(KH_U*u + KH_X*xc + KH_1)``
+
+   with ``xc = x - mean``: the coefficients of the centred input carry the
+   factor invstd, so the apply pass reads one per-channel array less.
 
 The functions here are plain Python on scalars and array elements, so Numba
 compiles them both with ``@njit`` and as CUDA device functions: the math is
@@ -132,20 +135,21 @@ def channel_coefficients(terms, sums, v, c, g, s, m, ug, ub, coef):
     coef[v, K_U, c] = k_u
     coef[v, K_W, c] = k_w
     coef[v, K_DZ, c] = k_dz
-    coef[v, K_X, c] = k_x
+    coef[v, K_X, c] = k_x * s  # k_x * xhat == (k_x * s) * (x - mean)
     coef[v, K_1, c] = k_1
     coef[v, KH_U, c] = kh_u
-    coef[v, KH_X, c] = kh_x
+    coef[v, KH_X, c] = kh_x * s
     coef[v, KH_1, c] = kh_1
     coef[v, P_GAMMA, c] = p_gamma
     coef[v, P_BETA, c] = p_beta
 
 
-def affine_value(coef, v, c, xh, uv, wv, dzv, hv):
-    """One output element from its channel's coefficients (absent inputs are 0)."""
-    r = coef[v, K_X, c] * xh + coef[v, K_1, c]
+def affine_value(coef, v, c, xc, uv, wv, dzv, hv):
+    """One output element from its channel's coefficients, ``xc = x - mean``
+    (absent inputs are 0)."""
+    r = coef[v, K_X, c] * xc + coef[v, K_1, c]
     r += coef[v, K_U, c] * uv + coef[v, K_W, c] * wv + coef[v, K_DZ, c] * dzv
-    return r + hv * (coef[v, KH_U, c] * uv + coef[v, KH_X, c] * xh + coef[v, KH_1, c])
+    return r + hv * (coef[v, KH_U, c] * uv + coef[v, KH_X, c] * xc + coef[v, KH_1, c])
 
 
 def channel_variance(sum_d, sum_d2, m):
