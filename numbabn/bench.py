@@ -10,6 +10,7 @@ threads.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,8 +191,14 @@ PEERS = {"numpy": numpy_peer, "autograd": autograd_peer, "torch": torch_peer, "j
 
 
 # --- a whole network: exact HVP, numbabn.hf vs PyTorch double backward ----------------
-def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0):
-    """(numbabn call, torch call or None) of one exact network HVP on the same net and batch."""
+def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0, fixed_point=False):
+    """(numbabn call, torch call or None) of one exact network HVP on the same net and batch.
+
+    With ``fixed_point``, both reuse the forward pass and gradient, as the
+    conjugate gradient of Hessian-free training can: numbabn through
+    ``net.curvature``, torch by keeping the graph of the gradient
+    (``retain_graph=True``).
+    """
     from .hf import BatchNorm, Linear, Sequential, Tanh
 
     layers = [Linear(64, width), BatchNorm(width), Tanh(), Linear(width, width),
@@ -201,6 +208,8 @@ def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0):
     theta, v = net.init(seed), rng.standard_normal(net.size)
     X, y = rng.standard_normal((batch, 64)), rng.integers(0, 10, batch)
     ours = lambda: net.hvp(theta, X, y, v)  # noqa: E731
+    if fixed_point:
+        ours = functools.partial(net.curvature(theta, X, y, kind="hessian"), v)
     try:
         import torch
     except ImportError:
@@ -214,13 +223,17 @@ def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0):
     torch.nn.utils.vector_to_parameters(torch.from_numpy(theta), params)
     tX, ty, tv = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(v)
 
-    def theirs():
+    def gradient():
         loss = torch.nn.functional.cross_entropy(model(tX), ty)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        return torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat @ tv, params)])
+        return torch.cat([g.reshape(-1) for g in grads])
 
-    return ours, theirs
+    def theirs(flat=None):
+        flat = gradient() if flat is None else flat
+        hvp = torch.autograd.grad(flat @ tv, params, retain_graph=fixed_point)
+        return torch.cat([h.reshape(-1) for h in hvp])
+
+    return ours, (functools.partial(theirs, gradient()) if fixed_point else theirs)
 
 
 def _progress(items, desc):
@@ -321,6 +334,13 @@ def compare(plot_path: str | None = "bench.png", repeats: int = 5, quick: bool =
     if theirs is not None:
         t_theirs = median_seconds(theirs, network_repeats, warmup=3)
         line += f", torch double backward {t_theirs * 1e3:.1f} ms ({t_theirs / t_ours:.1f}x)"
+    print(line)
+    ours, theirs = network_hvp_calls(fixed_point=True)
+    t_ours = median_seconds(ours, network_repeats, warmup=3)
+    line = f"the same at a fixed point (forward pass and gradient reused): {t_ours * 1e3:.1f} ms"
+    if theirs is not None:
+        t_theirs = median_seconds(theirs, network_repeats, warmup=3)
+        line += f", torch, graph retained {t_theirs * 1e3:.1f} ms ({t_theirs / t_ours:.1f}x)"
     print(line)
     if plot_path:
         scaling_plot(plot_path, names, repeats)

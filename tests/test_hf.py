@@ -239,3 +239,34 @@ def test_batchnorm_layers_restore_numbas_thread_count():
     with pytest.raises(ValueError):
         layer.forward([np.ones(4), np.zeros(4)], X)  # 4 channels for a 5-channel batch
     assert numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_curvature_operator_keeps_its_point_between_products(kind):
+    """net.curvature computes the forward pass (and gradient) once: its products
+    equal autograd and the per-call products, also with other calls of the
+    network in between and from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net, theta, X, y, rng = make_problem("cross_entropy", hf.Tanh)
+    forward, loss_of_output = autograd_network(net)
+    op = net.curvature(theta, X, y, kind=kind)
+    per_call = net.hvp if kind == "hessian" else net.ggnvp
+    vs = rng.normal(size=(3, net.size))
+    first = op(vs[0])
+    if kind == "hessian":
+        want = grad(lambda t: anp.dot(grad(lambda s: loss_of_output(forward(s, X), y))(t), vs[0]))
+        assert relative_error(first, want(theta)) <= TOL
+    # other work of the same network, at other points and batch shapes
+    net.hvp(theta + 1.0, X, y, vs[1])
+    net.ggnvp(theta - 1.0, X[:7], y[:7], vs[2])
+    net.grad(theta + 0.5, X, y)
+    np.testing.assert_array_equal(op(vs[0]), first)
+    for v in vs[1:]:
+        np.testing.assert_array_equal(op(v), per_call(theta, X, y, v))
+    with ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(op, np.repeat(vs, 3, axis=0)))
+    for k, got in enumerate(parallel):
+        np.testing.assert_array_equal(got, op(vs[k // 3]))
+    with pytest.raises(ValueError, match="^kind must be one of"):
+        net.curvature(theta, X, y, kind="fisher")

@@ -111,11 +111,19 @@ class NetworkHVP:
 
         if SMALL:
             batch //= 16
-        ours, theirs = network_hvp_calls(batch=batch, width=32 if SMALL else 256)
+        width = 32 if SMALL else 256
+        ours, theirs = network_hvp_calls(batch=batch, width=width)
         self.call = ours if implementation == "numbabn" else theirs
+        ours, theirs = network_hvp_calls(batch=batch, width=width, fixed_point=True)
+        self.at_fixed_point = ours if implementation == "numbabn" else theirs
         if self.call is None:
             raise NotImplementedError("torch is not installed")
         self.call()
+        self.at_fixed_point()
 
     def time_hvp(self, implementation, batch):
         self.call()
+
+    def time_hvp_at_fixed_point(self, implementation, batch):
+        """Forward pass and gradient reused: ``net.curvature`` vs a retained torch graph."""
+        self.at_fixed_point()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._namespace import _xp
+from .curvature import CurvatureOperator
 from .losses import LOSSES
 from .workspace import Workspace
 
@@ -145,34 +146,46 @@ class Sequential:
 
     def ggnvp(self, theta: Any, X: Any, y: Any, v: Any) -> Any:
         """Generalised Gauss-Newton-vector product ``Jᵀ H_loss J v`` (Schraudolph 2002)."""
-        xp, X, (theta, v) = self._prepare(theta, X, v)
-        params, dparams, ws = self._unflatten(theta), self._unflatten(v), self._scratches()
-        z, caches = self._forward(params, X, ws)
-        _, dz = self._tangents(params, dparams, caches, ws)
-        hdz = self.criterion.hessian_vector(z, y, dz)
-        return self._flatten(self._backward(params, caches, hdz, ws), xp)
+        return CurvatureOperator(self, theta, X, y, "ggn", self._scratches())(v)
 
     def hvp(self, theta: Any, X: Any, y: Any, v: Any) -> Any:
         """Exact Hessian-vector product: forward tangents, then the R-operator of
         the backward pass layer by layer (Pearlmutter 1994)."""
-        xp, X, (theta, v) = self._prepare(theta, X, v)
-        params, dparams, ws = self._unflatten(theta), self._unflatten(v), self._scratches()
-        z, caches = self._forward(params, X, ws)
-        inputs, dz = self._tangents(params, dparams, caches, ws)
-        g = self.criterion.gradient(z, y)
-        dg = self.criterion.hessian_vector(z, y, dz)
-        rgrads = [None] * len(self.layers)
-        outputs = [*inputs[1:], dz]  # each layer's output tangent
-        for k in range(len(self.layers) - 1, -1, -1):
-            layer, p, dp, cache = self.layers[k], params[k], dparams[k], caches[k]
-            first = k == 0  # the network input needs no gradient
-            below_reads_g = not first and self.layers[k - 1].rop_reads_gradient(k - 1 == 0)
-            g_in = layer.input_gradient(p, cache, g, ws=ws[k]) if below_reads_g else None
-            dg, rgrads[k] = layer.rop_backward(
-                p, dp, cache, inputs[k], outputs[k], g, dg, need_input=not first, ws=ws[k]
-            )
-            g = g_in
-        return self._flatten(rgrads, xp)
+        return CurvatureOperator(self, theta, X, y, "hessian", self._scratches())(v)
+
+    def curvature(self, theta: Any, X: Any, y: Any, kind: str = "ggn") -> CurvatureOperator:
+        """The curvature at fixed (theta, X, y) as an operator ``v -> B v``.
+
+        Each product skips the forward pass (and, for the Hessian, the
+        gradient) that :meth:`ggnvp` and :meth:`hvp` recompute on every call:
+        the thing to use for many products at one point, as in the conjugate
+        gradient of Hessian-free training.
+
+        Parameters
+        ----------
+        theta, X, y : arrays
+            The point and the batch.
+        kind : {"ggn", "hessian"}
+            Generalised Gauss-Newton matrix, or the exact Hessian.
+
+        Returns
+        -------
+        CurvatureOperator
+            Callable on a vector shaped like theta; keeps its own work arrays.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import hf
+        >>> net = hf.Sequential([hf.Linear(4, 8), hf.BatchNorm(8), hf.Tanh(), hf.Linear(8, 3)])
+        >>> theta = net.init(seed=0)
+        >>> X, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16) % 3
+        >>> H = net.curvature(theta, X, y, kind="hessian")
+        >>> v = np.ones_like(theta)
+        >>> np.allclose(H(v), net.hvp(theta, X, y, v))
+        True
+        """
+        return CurvatureOperator(self, theta, X, y, kind)
 
     def accuracy(self, theta: Any, X: Any, y: Any) -> float:
         """Fraction of correct argmax predictions (cross-entropy networks)."""

@@ -131,13 +131,13 @@ class HessianFree:
             Xc, yc, frac = X[idx], y[idx], self.curvature_batch / n
         else:
             Xc, yc, frac = X, y, 1.0
-        product = net.ggnvp if self.curvature == "ggn" else net.hvp
+        operator = net.curvature(theta, Xc, yc, self.curvature)  # forward pass once per step
         products = 0
 
         def curvature(v):
             nonlocal products
             products += 1
-            return product(theta, Xc, yc, v)
+            return operator(v)
 
         def damped(v):
             return curvature(v) + self.damping * v
