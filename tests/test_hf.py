@@ -127,6 +127,11 @@ def test_bad_arguments():
         net.loss(np.zeros(3), np.zeros((4, 2)), np.zeros(4, int))
     with pytest.raises(ValueError, match="^curvature must be"):
         hf.HessianFree(net, curvature="fisher")
+    X, y = np.zeros((4, 2)), np.zeros(4, int)
+    with pytest.raises(ValueError, match=r"^v has shape \(5,\); expected \(6,\)"):
+        net.hvp(np.zeros(6), X, y, np.zeros(5))
+    with pytest.raises(ValueError, match=r"^v has shape"):
+        net.curvature(np.zeros(6), X, y)(np.zeros((6, 1)))
 
 
 def test_training_command_runs(tmp_path, capsys):

@@ -75,7 +75,7 @@ class CurvatureOperator:
         """The product ``B v``, a new array shaped like theta."""
         net, xp = self.net, self._xp
         with self._lock:
-            dparams = net._unflatten(xp.asarray(v, dtype=xp.float64))
+            dparams = net._unflatten(xp.asarray(v, dtype=xp.float64), "v")
             inputs, dz = net._tangents(self._params, dparams, self._caches, self._ws)
             hdz = net.criterion.hessian_vector(self._z, self._y, dz)
             if self.kind == "ggn":

@@ -74,9 +74,10 @@ class Sequential:
         rng = np.random.default_rng(seed)
         return np.concatenate([p.ravel() for layer in self.layers for p in layer.init(rng)])
 
-    def _unflatten(self, theta: Any) -> list[list[Any]]:
+    def _unflatten(self, theta: Any, name: str = "theta") -> list[list[Any]]:
+        """Per-layer views of a flat parameter-shaped vector (``name`` for errors)."""
         if theta.shape != (self.size,):
-            raise ValueError(f"theta has shape {theta.shape}; expected ({self.size},)")
+            raise ValueError(f"{name} has shape {theta.shape}; expected ({self.size},)")
         out, start = [], 0
         for layer in self.layers:
             params = []
