@@ -45,7 +45,7 @@ class CurvatureOperator:
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.net, self.kind, self.size = net, kind, net.size
+        self.net, self.kind = net, kind
         if scratches is None:
             store: dict = {}
             scratches = [Scratch(store, k) for k in range(len(net.layers))]

@@ -46,10 +46,17 @@ serial = {}
 
 def _kernel(fn):
     """Compile ``fn`` as a parallel kernel and register its serial twin in ``serial``."""
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-    twin.__qualname__ = f"{fn.__qualname__}_serial"  # its own entry in the on-disk cache
-    serial[fn.__name__] = njit(fastmath=FASTMATH, **_OPTIONS)(twin)
+    serial[fn.__name__] = njit(fastmath=FASTMATH, **_OPTIONS)(_copy(fn, "serial"))
     return njit(parallel=True, fastmath=FASTMATH, **_OPTIONS)(fn)
+
+
+def _copy(fn, suffix, **constants):
+    """A copy of ``fn`` named ``<qualname>_<suffix>`` (its own entry in Numba's
+    on-disk cache), whose globals add ``constants`` (compile-time constants)."""
+    scope = {**fn.__globals__, **constants} if constants else fn.__globals__
+    twin = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__)
+    twin.__qualname__ = f"{fn.__qualname__}_{suffix}"
+    return twin
 
 
 @_scalar
@@ -459,13 +466,8 @@ def _coefficients_kernel(terms):
     The tests on the terms then fold away at compile time and the loop over
     channels vectorises: 4-8x faster than one kernel that tests ``terms`` per
     channel (38 -> 5 ns a channel at C = 4096), with bitwise equal results.
-    Each value is its own function for the on-disk cache.
     """
-    fn = _coefficients_of_terms
-    constants = {**fn.__globals__, "TERMS": terms}
-    twin = types.FunctionType(fn.__code__, constants, fn.__name__, fn.__defaults__)
-    twin.__qualname__ = f"{fn.__qualname__}_{terms}"
-    return _scalar(twin)
+    return _scalar(_copy(_coefficients_of_terms, str(terms), TERMS=terms))
 
 
 def _coefficients_of_terms(sums, gamma, invstd, count, ug, ub):
