@@ -94,7 +94,7 @@ class CpuBackend:
 
     @staticmethod
     def assign(dst: np.ndarray, v: int, src: np.ndarray) -> None:
-        """``dst[v] = src`` for same-shaped contiguous arrays."""
+        """``dst[v] = src``, cast to dst's dtype."""
         dst[v] = src
 
     @staticmethod

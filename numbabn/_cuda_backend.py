@@ -7,11 +7,19 @@ results come back as CuPy arrays when x is a CuPy array, and as Numba device
 arrays otherwise (which CuPy and PyTorch take without a copy through the CUDA
 array interface). Nothing crosses to the host except, for ``eps == 0``, the C
 variances checked for zeros.
+
+Streams and memory: the kernels run on the default stream. An input made on the
+legacy default stream (CuPy's default) needs no wait; one made on another
+stream is waited for, as the CUDA array interface asks. Work arrays and results
+come from CuPy's memory pool once CuPy is imported (a pool allocation costs a
+few microseconds, ``cudaMalloc`` about 70-150 on an H100 machine), else from
+Numba's allocator.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,6 +41,7 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self) -> None:
+        from numba import config as numba_config
         from numba import cuda
 
         if not cuda.is_available():
@@ -44,13 +53,15 @@ class CudaBackend:
 
         self.cuda = cuda
         self.kernels = kernels
+        self.simulated = bool(numba_config.ENABLE_CUDASIM)
 
     # --- arrays -------------------------------------------------------------------
     def device(self, a: Any):
         """A Numba device-array view of a CUDA array (no copy); None stays None."""
         if a is None or getattr(a, "__cuda_ndarray__", False):
             return a
-        return self.cuda.as_cuda_array(a)
+        stream = a.__cuda_array_interface__.get("stream")
+        return self.cuda.as_cuda_array(a, sync=stream not in (None, _LEGACY_DEFAULT_STREAM))
 
     def contiguous(self, a: Any, shape: tuple[int, ...]):
         """A C-contiguous device array with ``shape``; strided CuPy arrays are copied
@@ -89,15 +100,19 @@ class CudaBackend:
         """A (C,) or (V, C) per-channel array as a (V, C) float64 device array."""
         n_ch = tuple(a.shape)[-1]
         src = self.contiguous(a, (1 if a.ndim == 1 else a.shape[0], n_ch))
-        dst = self.cuda.device_array((n_dir, n_ch), np.float64)
+        dst = self.empty((n_dir, n_ch), np.float64)
         self._launch(self.kernels.to_float64_rows, n_dir * n_ch, src, dst)
         return dst
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype):
-        return self.cuda.device_array(shape, dtype)
+        """An uninitialised device array, from CuPy's pool when CuPy is in use."""
+        cupy = sys.modules.get("cupy")
+        if cupy is None or self.simulated:
+            return self.cuda.device_array(shape, dtype)
+        return self.cuda.as_cuda_array(cupy.empty(shape, dtype), sync=False)
 
     def zeros(self, shape: tuple[int, int, int]):
-        a = self.cuda.device_array(shape, np.float64)
+        a = self.empty(shape, np.float64)
         self._launch(self.kernels.fill, math.prod(shape), a, 0.0)
         return a
 
@@ -117,7 +132,9 @@ class CudaBackend:
         return a
 
     def assign(self, dst, v: int, src) -> None:
-        dst[v].copy_to_device(src)
+        """``dst[v] = src``, cast to dst's dtype, on the device (src contiguous)."""
+        n = src.size
+        self._launch(self.kernels.copy_flat, n, src.reshape(n), dst[v].reshape(n))
 
     @staticmethod
     def freeze(a: Any):
@@ -125,24 +142,24 @@ class CudaBackend:
 
     def parameter_outputs(self, coef, dtype: np.dtype):
         n_dir, _, n_ch = coef.shape
-        pg = self.cuda.device_array((n_dir, n_ch), dtype)
-        pb = self.cuda.device_array((n_dir, n_ch), dtype)
+        pg = self.empty((n_dir, n_ch), dtype)
+        pb = self.empty((n_dir, n_ch), dtype)
         self._launch(self.kernels.parameter_outputs, n_dir * n_ch, coef, pg, pb)
         return pg, pb
 
     # --- kernels ------------------------------------------------------------------
     def first_elements(self, x3):
-        out = self.cuda.device_array(x3.shape[1], np.float64)
+        out = self.empty(x3.shape[1], np.float64)
         self._launch(self.kernels.first_elements, x3.shape[1], x3, out)
         return out
 
     def shifted_sums(self, x3, shift):
-        k = self.kernels.build(config.CUDA_BLOCK)
+        k = self.kernels.build(config.CUDA_BLOCK, _width())
         part = self._reduce(k.shifted_partials, x3, 1, 2, x3, self.device(shift))
         return self._merge(part, 1, 2)[0]
 
     def moment_sums(self, x3, mean, invstd, dz, h, u, w, n_dir: int):
-        k = self.kernels.build(config.CUDA_BLOCK)
+        k = self.kernels.build(config.CUDA_BLOCK, _width())
         d = self.device
         args = (x3, d(mean), d(invstd), dz, h, u, w)
         part = self._reduce(k.moment_partials, x3, n_dir, f.N_SUMS, *args)
@@ -150,14 +167,14 @@ class CudaBackend:
 
     def finish_stats(self, shift, sums, count: int, eps: float):
         n_ch = sums.shape[1]
-        mean, var, invstd = (self.cuda.device_array(n_ch, np.float64) for _ in range(3))
+        mean, var, invstd = (self.empty(n_ch, np.float64) for _ in range(3))
         args = (self.device(shift), sums, float(count), eps, mean, var, invstd)
         self._launch(self.kernels.finish_stats, n_ch, *args)
         return mean, var, invstd
 
     def coefficients(self, terms: int, sums, gamma, invstd, count: int, ug, ub):
         n_dir, _, n_ch = sums.shape
-        coef = self.cuda.device_array((n_dir, f.N_COEF, n_ch), np.float64)
+        coef = self.empty((n_dir, f.N_COEF, n_ch), np.float64)
         args = (terms, sums, gamma, self.device(invstd), float(count), ug, ub, coef)
         self._launch(self.kernels.coefficients, n_dir * n_ch, *args)
         return coef
@@ -176,22 +193,35 @@ class CudaBackend:
         """Launch a partial-sum kernel; returns the (S, V, n_slots, C) partials."""
         pre, n_ch, post = x3.shape
         block = config.CUDA_BLOCK
-        groups = -(-n_ch // block) if post == 1 else n_ch
-        slices = _slices(pre * post, block, groups * n_dir)
-        part = self.cuda.device_array((slices, n_dir, n_slots, n_ch), np.float64)
+        if post == 1:  # `width` channels a block, its other threads on other rows
+            groups, lanes = -(-n_ch // _width()), block // _width()
+        else:  # the whole block on one channel
+            groups, lanes = n_ch, block
+        slices = _slices(pre * post, lanes, groups * n_dir)
+        part = self.empty((slices, n_dir, n_slots, n_ch), np.float64)
         kernel[(slices, groups, n_dir), block](*args, part)
         return part
 
     def _merge(self, part, n_dir: int, n_slots: int):
-        out = self.cuda.device_array((n_dir, n_slots, part.shape[3]), np.float64)
+        out = self.empty((n_dir, n_slots, part.shape[3]), np.float64)
         self._launch(self.kernels.merge_partials, out.size, part, out)
         return out
 
 
-def _slices(per_channel: int, block: int, other_blocks: int) -> int:
-    """Blocks along the reduced elements: enough for ``config.CUDA_ELEMENTS_PER_THREAD``
-    elements a thread, at most ``config.CUDA_MAX_BLOCKS`` blocks in all (shape-only)."""
-    wanted = -(-per_channel // (block * config.CUDA_ELEMENTS_PER_THREAD))
+#: The CUDA array interface's number for the legacy default stream.
+_LEGACY_DEFAULT_STREAM = 1
+
+
+def _width() -> int:
+    """Channels of a reduction block when channels are contiguous."""
+    return min(config.CUDA_CONTIGUOUS_CHANNELS, config.CUDA_BLOCK)
+
+
+def _slices(per_channel: int, lanes: int, other_blocks: int) -> int:
+    """Blocks along the reduced elements of a channel, shared by ``lanes`` threads
+    of a block: about ``config.CUDA_ELEMENTS_PER_THREAD`` elements a thread, at
+    most ``config.CUDA_MAX_BLOCKS`` blocks in all (shape-only, so deterministic)."""
+    wanted = -(-per_channel // (lanes * config.CUDA_ELEMENTS_PER_THREAD))
     return max(1, min(wanted, config.CUDA_MAX_BLOCKS // max(1, other_blocks)))
 
 

@@ -211,5 +211,5 @@ class Call:
                     f"hz returned a {type(r).__name__}; expected a {self.be.name} array"
                 )
             require_shape("hz(t)", r, self.shape, "hz must return an array shaped like x")
-            w[v] = self.be.contiguous(r, self.dims).astype(self.dtype, copy=False)
+            self.be.assign(w, v, self.be.contiguous(r, self.dims))
         return w

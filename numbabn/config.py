@@ -25,8 +25,15 @@ SERIAL_MAX_ELEMENTS = 2**18
 #: Threads per block of the CUDA kernels (a power of 2, at most 1024).
 CUDA_BLOCK = 256
 
-#: Elements per thread that a CUDA reduction block aims at (fewer blocks, less merging).
-CUDA_ELEMENTS_PER_THREAD = 16
+#: Elements per thread that a CUDA reduction block aims at (fewer blocks, less
+#: merging). With channels contiguous every block writes partial sums for its
+#: channels: at 64 rows a thread, those are about a tenth of x's bytes (float32).
+CUDA_ELEMENTS_PER_THREAD = 64
+
+#: Channels a CUDA reduction block covers when channels are contiguous (post == 1,
+#: as in BN1d and channels-last): a warp reads 32 consecutive values of a row, and
+#: the block's other warps take other rows.
+CUDA_CONTIGUOUS_CHANNELS = 32
 
 #: Upper bound on the number of blocks of a CUDA reduction (its partial buffers).
 CUDA_MAX_BLOCKS = 1024

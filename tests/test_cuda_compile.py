@@ -4,6 +4,7 @@ of optional arrays that the operations use. The simulator does not type-check
 kernels; this does, without a GPU or a driver."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,7 +51,7 @@ def _ptx(kernel, signature):
 
 @pytest.mark.parametrize("dtype", [types.float32, types.float64])
 def test_reduction_kernels_compile(dtype):
-    k = kernels.build(256)
+    k = kernels.build(256, 32)
     x = arr(dtype, 3)
     _ptx(k.shifted_partials, (x, arr(F64, 1), arr(F64, 4)))
     for present in VARIANTS[:-1]:
@@ -67,6 +68,7 @@ def test_apply_and_conversion_kernels_compile(dtype):
     _ptx(kernels.to_float64_rows, (arr(dtype, 2), arr(F64, 2)))
     _ptx(kernels.first_elements, (arr(dtype, 3), arr(F64, 1)))
     _ptx(kernels.parameter_outputs, (arr(F64, 3), arr(dtype, 2), arr(dtype, 2)))
+    _ptx(kernels.copy_flat, (arr(F64, 1), arr(dtype, 1)))
 
 
 def test_per_channel_kernels_compile():
@@ -92,3 +94,33 @@ def test_cuda_arrays_without_a_usable_gpu_raise_runtime_error():
 
     with pytest.raises(RuntimeError, match="CUDA is not usable on this machine"):
         numbabn.batch_stats(FakeDeviceArray())
+
+
+def _launch_kernels():
+    """Every ``@cuda.jit`` kernel of numbabn (device functions excluded)."""
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    found = [k for k in vars(kernels).values() if isinstance(k, CUDADispatcher)]
+    found += [k for k in vars(kernels.build(256, 32)).values() if isinstance(k, CUDADispatcher)]
+    return [k for k in found if not k.targetoptions.get("device")]
+
+
+def test_none_arguments_are_launched_as_null_pointers():
+    """An absent array (None) reaches a kernel as one null pointer argument.
+
+    Numba-CUDA's launcher has no rule for ``none`` (the simulator never
+    marshals arguments, so only a GPU showed it); the kernels carry an
+    extension that supplies one. This calls the launcher's own marshalling.
+    """
+    from numba.cuda.dispatcher import _Kernel
+
+    marshalled = []
+    with_extension = SimpleNamespace(extensions=[kernels.NoneAsNullPointer()])
+    _Kernel._prepare_args(with_extension, NONE, None, None, [], marshalled)
+    assert [(type(a).__name__, a.value) for a in marshalled] == [("c_ulong", 0)]
+    with pytest.raises(NotImplementedError):
+        _Kernel._prepare_args(SimpleNamespace(extensions=[]), NONE, None, None, [], [])
+    launch_kernels = _launch_kernels()
+    assert len(launch_kernels) >= 10
+    for k in launch_kernels:
+        assert any(isinstance(e, kernels.NoneAsNullPointer) for e in k.extensions), k

@@ -25,9 +25,31 @@ from __future__ import annotations
 from functools import cache
 from types import SimpleNamespace
 
-from numba import cuda, float64
+from numba import config, cuda, float64, types
 
 from . import formulas as f
+
+
+class NoneAsNullPointer:
+    """Launch-time marshalling of a ``None`` kernel argument (an absent array).
+
+    Numba-CUDA types ``None`` as ``none`` and lowers it to one opaque pointer
+    parameter, but its launcher has no rule for passing one: a kernel launched
+    with ``None`` raises ``NotImplementedError: (none, None)`` on a GPU. (The
+    simulator calls the Python function and never marshals arguments.) The
+    kernels only test such arguments with ``is None``, a branch pruned at compile
+    time, so a null pointer is passed.
+    """
+
+    def prepare_args(self, ty, val, stream=None, retr=None):
+        if isinstance(ty, types.NoneType):
+            return types.uintp, 0
+        return ty, val
+
+
+#: ``@kernel``: ``cuda.jit`` with None arguments marshalled (the simulator's jit
+#: takes no ``extensions`` and needs none).
+kernel = cuda.jit if config.ENABLE_CUDASIM else cuda.jit(extensions=[NoneAsNullPointer()])
 
 #: Device functions are inlined into the kernels at the IR level. Besides speed,
 #: this lets ``cuda.compile_ptx`` compile every kernel without a driver (a
@@ -39,11 +61,17 @@ _affine = _device(f.affine_value)
 
 
 @_device
-def _thread_channel(n_ch, post):
-    """``(channel, lane, lanes)`` of this thread in a reduction block."""
+def _thread_channel(n_ch, post, width):
+    """``(channel, lane, lanes)`` of this thread in a reduction block.
+
+    post > 1: the whole block walks one channel along post. post == 1 (channels
+    contiguous): the block covers ``width`` consecutive channels, a warp reads
+    them along a row, and its ``blockDim.x // width`` lanes take every
+    ``lanes``-th row.
+    """
     t = cuda.threadIdx.x
     if post == 1:
-        return cuda.blockIdx.y * cuda.blockDim.x + t, 0, 1
+        return cuda.blockIdx.y * width + t % width, t // width, cuda.blockDim.x // width
     return cuda.blockIdx.y, t, cuda.blockDim.x
 
 
@@ -56,15 +84,16 @@ def _block_slice(total):
 
 
 @_device
-def _reduce_lanes(sm, n_slots, lanes):
-    """Tree-sum ``sm[q, lane]`` over the lanes of the block into ``sm[q, 0]``."""
+def _reduce_lanes(sm, n_slots, lanes, stride):
+    """Tree-sum the lanes of each channel: thread ``t = lane*stride + k`` holds
+    ``sm[q, t]``; the sums land in lane 0 (``sm[q, k]``)."""
     t = cuda.threadIdx.x
     step = lanes // 2
     while step > 0:
         cuda.syncthreads()
-        if t < step:
+        if t < step * stride:
             for q in range(n_slots):
-                sm[q, t] += sm[q, t + step]
+                sm[q, t] += sm[q, t + step * stride]
         step //= 2
     cuda.syncthreads()
 
@@ -78,7 +107,7 @@ def _is_direction_independent(q):
     return False
 
 
-@cuda.jit
+@kernel
 def merge_partials(part, out):
     """``out[v, q, c] = sum over blocks s of part[s, v, q, c]``, in block order.
 
@@ -99,7 +128,7 @@ def merge_partials(part, out):
         out[v, q, c] = acc
 
 
-@cuda.jit
+@kernel
 def finish_stats(shift, sums, count, eps, mean, var, invstd):
     """Mean, biased variance and invstd per channel from the sums about ``shift``."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
@@ -108,14 +137,14 @@ def finish_stats(shift, sums, count, eps, mean, var, invstd):
         invstd[c] = 1.0 / (var[c] + eps) ** 0.5
 
 
-@cuda.jit
+@kernel
 def first_elements(x, out):
     """``out[c] = x[0, c, 0]`` as float64: one sample of each channel."""
     for c in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[c] = float64(x[0, c, 0])
 
 
-@cuda.jit
+@kernel
 def coefficients(terms, sums, gamma, invstd, count, ug, ub, coef):
     """Affine coefficients, one thread per (direction, channel)."""
     n_dir, _, n_ch = sums.shape
@@ -127,7 +156,7 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub, coef):
         _channel_coefficients(terms, sums, v, c, gamma[c], invstd[c], count, ug_vc, ub_vc, coef)
 
 
-@cuda.jit
+@kernel
 def apply_affine(x, mean, dz, h, u, w, coef, out):
     """Grid-stride apply pass; see ``formulas.affine_value``."""
     n_dir, pre, n_ch, post = out.shape
@@ -148,7 +177,7 @@ def apply_affine(x, mean, dz, h, u, w, coef, out):
         out[v, i, c, j] = _affine(coef, v, c, xc, uv, wv, dzv, hv)
 
 
-@cuda.jit
+@kernel
 def to_float64_rows(src, dst):
     """``dst[v, c] = src[v, c]`` (or ``src[0, c]`` when src has one row), as float64."""
     n_dir, n_ch = dst.shape
@@ -158,7 +187,7 @@ def to_float64_rows(src, dst):
         dst[v, c] = float64(src[min(v, src.shape[0] - 1), c])
 
 
-@cuda.jit
+@kernel
 def parameter_outputs(coef, p_gamma, p_beta):
     """The gamma and beta outputs of the coefficients, cast to the output dtype."""
     n_dir, n_ch = p_gamma.shape
@@ -169,7 +198,14 @@ def parameter_outputs(coef, p_gamma, p_beta):
         p_beta[v, c] = coef[v, f.P_BETA, c]
 
 
-@cuda.jit
+@kernel
+def copy_flat(src, dst):
+    """``dst[e] = src[e]`` for 1-D arrays, cast to dst's dtype."""
+    for e in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[e] = src[e]
+
+
+@kernel
 def fill(a, value):
     """``a[...] = value`` for a 3-D array."""
     n0, n1, n2 = a.shape
@@ -180,20 +216,23 @@ def fill(a, value):
 
 
 @cache
-def build(block: int) -> SimpleNamespace:
-    """The reduction kernels for thread blocks of ``block`` threads (a power of 2).
+def build(block: int, width: int) -> SimpleNamespace:
+    """The reduction kernels for thread blocks of ``block`` threads, covering
+    ``width`` channels at a time when channels are contiguous (both powers of 2,
+    ``width <= block``).
 
     Array sizes of ``cuda.local.array`` and ``cuda.shared.array`` must be
     compile-time constants: closure variables are, module attributes are not.
     """
     n_sums = f.N_SUMS
 
-    @cuda.jit
+    @kernel
     def shifted_partials(x, shift, part):
         """Per-block ``sum(x - shift[c])`` and ``sum((x - shift[c])**2)``.
         part: (S, 1, 2, C)."""
         pre, n_ch, post = x.shape
-        c, lane, lanes = _thread_channel(n_ch, post)
+        c, lane, lanes = _thread_channel(n_ch, post, width)
+        stride = width if post == 1 else 1
         lo, hi = _block_slice(pre * post)
         s1 = 0.0
         s2 = 0.0
@@ -208,19 +247,20 @@ def build(block: int) -> SimpleNamespace:
         t = cuda.threadIdx.x
         sm[0, t] = s1
         sm[1, t] = s2
-        _reduce_lanes(sm, 2, lanes)
+        _reduce_lanes(sm, 2, lanes, stride)
         if lane == 0 and c < n_ch:
             part[cuda.blockIdx.x, 0, 0, c] = sm[0, t]
             part[cuda.blockIdx.x, 0, 1, c] = sm[1, t]
 
-    @cuda.jit
+    @kernel
     def moment_partials(x, mean, invstd, dz, h, u, w, part):
         """Per-block moment sums (the ``S_*`` slots) of direction blockIdx.z.
 
         part: (S, V, N_SUMS, C); direction-independent slots only for v = 0.
         """
         pre, n_ch, post = x.shape
-        c, lane, lanes = _thread_channel(n_ch, post)
+        c, lane, lanes = _thread_channel(n_ch, post, width)
+        stride = width if post == 1 else 1
         lo, hi = _block_slice(pre * post)
         v = cuda.blockIdx.z
         acc = cuda.local.array(n_sums, float64)
@@ -258,11 +298,14 @@ def build(block: int) -> SimpleNamespace:
         t = cuda.threadIdx.x
         for q in range(f.N_SUMS):
             sm[q, t] = acc[q]
-        _reduce_lanes(sm, f.N_SUMS, lanes)
+        _reduce_lanes(sm, f.N_SUMS, lanes, stride)
         if lane == 0 and c < n_ch:
             for q in range(f.N_SUMS):
                 part[cuda.blockIdx.x, v, q, c] = sm[q, t]
 
     return SimpleNamespace(
-        block=block, shifted_partials=shifted_partials, moment_partials=moment_partials
+        block=block,
+        width=width,
+        shifted_partials=shifted_partials,
+        moment_partials=moment_partials,
     )

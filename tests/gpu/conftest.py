@@ -19,3 +19,5 @@ def small_blocks(monkeypatch):
     if SIMULATED:
         monkeypatch.setattr(config, "CUDA_BLOCK", 8)
         monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 4)
+        monkeypatch.setattr(config, "CUDA_CONTIGUOUS_CHANNELS", 2)  # 4 row lanes a block
+        monkeypatch.setattr(config, "CUDA_ELEMENTS_PER_THREAD", 1)  # several slices
