@@ -104,6 +104,20 @@ def test_several_directions_and_rop_backward(shape, axis):
         assert_device_matches(g, w, np.float64, name)
 
 
+def test_curvature_callable_result_is_cast_to_the_dtype_of_x():
+    c = make_case((6, 3), dtype=np.float32)
+    d = to_device(c)
+
+    def scale_in_float64(t):  # Hz t = 2 t, returned as float64
+        out = cuda.device_array(t.shape, np.float64)
+        _scale_kernel[1, 8](t.reshape(t.size), out.reshape(out.size), 2.0)
+        return out
+
+    got = numbabn.ggnvp(d["x"], d["gamma"], d["u"], scale_in_float64)
+    want = numbabn.ggnvp(c["x"], c["gamma"], c["u"], lambda t: 2.0 * t.astype(np.float64))
+    assert_device_matches(got, want, np.float32, "ggnvp, hz(t) in float64")
+
+
 def test_mixing_host_and_device_arrays_is_a_type_error():
     c = make_case((4, 3))
     d = to_device(c)
