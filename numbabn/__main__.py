@@ -21,12 +21,26 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", default="bench.png", help="where to save the PNG ('' for none)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--quick", action="store_true", help="fewer shapes, no V=16 rows")
+    bench.add_argument(
+        "--backend", choices=["cpu", "cuda"], default="cpu",
+        help="cuda: CuPy arrays on the GPU against its own floor, torch and JAX there",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run
 
         return 0 if run(tuple(args.shape), args.dtype, args.repeats) else 1
+    if args.command == "bench" and args.backend == "cuda":
+        from .bench_cuda import compare as compare_on_gpu
+        from .bench_cuda import unavailable
+
+        reason = unavailable()
+        if reason:
+            print(f"bench --backend cuda: {reason}", file=sys.stderr)
+            return 1
+        compare_on_gpu(max(args.repeats, 20))
+        return 0
     if args.command == "bench":
         from .bench import compare
 

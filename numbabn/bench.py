@@ -133,11 +133,11 @@ def autograd_peer(op: str, d: dict, axis: int):
     return lambda: grad(lambda x_: anp.sum(grad(loss)(x_) * u))(x)
 
 
-def torch_peer(op: str, d: dict, axis: int):
+def torch_peer(op: str, d: dict, axis: int, device: str = "cpu"):
     import torch
     import torch.nn.functional as F
 
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in d.items()}
     move = axis % d["x"].ndim != 1  # F.batch_norm wants channels on axis 1
 
     def z(x_):
@@ -191,8 +191,12 @@ PEERS = {"numpy": numpy_peer, "autograd": autograd_peer, "torch": torch_peer, "j
 
 
 # --- a whole network: exact HVP, numbabn.hf vs PyTorch double backward ----------------
-def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0, fixed_point=False):
+def network_hvp_calls(
+    batch: int = 1024, width: int = 256, seed: int = 0, fixed_point=False, device: str = "cpu"
+):
     """(numbabn call, torch call or None) of one exact network HVP on the same net and batch.
+
+    ``device="cuda"`` runs both on the GPU: numbabn.hf on CuPy arrays, torch on CUDA.
 
     With ``fixed_point``, both reuse the forward pass and gradient, as the
     conjugate gradient of Hessian-free training can: numbabn through
@@ -207,6 +211,10 @@ def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0, fixed_
     rng = np.random.default_rng(seed)
     theta, v = net.init(seed), rng.standard_normal(net.size)
     X, y = rng.standard_normal((batch, 64)), rng.integers(0, 10, batch)
+    if device == "cuda":
+        import cupy
+
+        theta, v, X, y = (cupy.asarray(a) for a in (theta, v, X, y))
     ours = lambda: net.hvp(theta, X, y, v)  # noqa: E731
     if fixed_point:
         ours = functools.partial(net.curvature(theta, X, y, kind="hessian"), v)
@@ -218,10 +226,10 @@ def network_hvp_calls(batch: int = 1024, width: int = 256, seed: int = 0, fixed_
         torch.nn.Linear(64, width), torch.nn.BatchNorm1d(width), torch.nn.Tanh(),
         torch.nn.Linear(width, width), torch.nn.BatchNorm1d(width), torch.nn.Tanh(),
         torch.nn.Linear(width, 10),
-    ).double()  # fmt: skip
+    ).double().to(device)  # fmt: skip
     params = list(model.parameters())
-    torch.nn.utils.vector_to_parameters(torch.from_numpy(theta), params)
-    tX, ty, tv = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(v)
+    tX, ty, tv, ttheta = (torch.as_tensor(a, device=device) for a in (X, y, v, theta))
+    torch.nn.utils.vector_to_parameters(ttheta, params)
 
     def gradient():
         loss = torch.nn.functional.cross_entropy(model(tX), ty)

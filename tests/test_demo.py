@@ -1,6 +1,7 @@
 """The demo's checks pass, and the NumPy closed forms it compares with match numbabn."""
 
 import numpy as np
+import pytest
 
 import numbabn
 from numbabn import closed_form
@@ -15,6 +16,16 @@ def test_demo_runs_on_a_small_batch(capsys):
     assert "all results match" in out
     for op in ("forward", "jvp", "rvp", "hvp"):
         assert op in out
+
+
+def test_gpu_bench_without_a_gpu_says_why(capsys):
+    from numbabn.bench_cuda import unavailable
+
+    reason = unavailable()
+    if reason is None:
+        pytest.skip("a GPU is usable here")
+    assert main(["bench", "--backend", "cuda"]) == 1
+    assert capsys.readouterr().err == f"bench --backend cuda: {reason}\n"
 
 
 def test_closed_form_baseline_matches_numbabn():

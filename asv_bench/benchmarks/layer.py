@@ -64,8 +64,12 @@ class Layer:
         x = self.inputs["x"]
         seconds = median_seconds(lambda: (self.call(), self.sync()), repeats=5)
         if backend == "cuda":
-            return float("nan")  # the CPU triad is no floor for a GPU
-        floor = FLOOR_PASSES[function](1) * x.nbytes / stream_bandwidth(x.size, x.dtype, 5)
+            from numbabn.bench_cuda import device_bandwidth
+
+            bandwidth = device_bandwidth(x.size, x.dtype)  # the GPU's own triad
+        else:
+            bandwidth = stream_bandwidth(x.size, x.dtype, 5)
+        floor = FLOOR_PASSES[function](1) * x.nbytes / bandwidth
         return floor / seconds
 
     track_floor_fraction.unit = "fraction of floor"
