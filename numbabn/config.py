@@ -1,4 +1,6 @@
-"""Tunables. Changing them changes speed, never results' meaning.
+"""Tunables. Changing them changes speed, and may change the last bits of results
+(the order of sums), never their meaning: results are bitwise reproducible for a
+fixed configuration.
 
 ``REDUCE_CHUNKS`` fixes how the batch axis is split for the CPU reductions; the
 split depends only on the shape and this number, never on the thread count, so
