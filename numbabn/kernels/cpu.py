@@ -10,6 +10,7 @@ buffer each, merged serially in chunk order: results do not depend on the
 number of threads. Accumulation is in float64 whatever the input dtype.
 """
 
+import functools
 import types
 
 import numpy as np
@@ -450,16 +451,10 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub):
     the (V, C) tangents of gamma and beta, or None. Each ``terms`` value has
     its own compiled kernel (:func:`_coefficients_kernel`).
     """
-    kernel = _COEFFICIENT_KERNELS.get(terms)
-    if kernel is None:
-        kernel = _COEFFICIENT_KERNELS[terms] = _coefficients_kernel(terms)
-    return kernel(sums, gamma, invstd, count, ug, ub)
+    return _coefficients_kernel(terms)(sums, gamma, invstd, count, ug, ub)
 
 
-#: The compiled :func:`_coefficients_of_terms` by ``terms`` value.
-_COEFFICIENT_KERNELS = {}
-
-
+@functools.cache
 def _coefficients_kernel(terms):
     """:func:`_coefficients_of_terms` compiled with ``TERMS = terms`` as a constant.
 

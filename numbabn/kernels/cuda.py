@@ -62,7 +62,8 @@ _affine = _device(f.affine_value)
 
 @_device
 def _thread_channel(n_ch, post, width):
-    """``(channel, lane, lanes)`` of this thread in a reduction block.
+    """``(channel, lane, lanes, stride)`` of this thread in a reduction block:
+    the ``lanes`` threads of a channel are ``stride`` apart in the block.
 
     post > 1: the whole block walks one channel along post. post == 1 (channels
     contiguous): the block covers ``width`` consecutive channels, a warp reads
@@ -71,8 +72,9 @@ def _thread_channel(n_ch, post, width):
     """
     t = cuda.threadIdx.x
     if post == 1:
-        return cuda.blockIdx.y * width + t % width, t // width, cuda.blockDim.x // width
-    return cuda.blockIdx.y, t, cuda.blockDim.x
+        lanes = cuda.blockDim.x // width
+        return cuda.blockIdx.y * width + t % width, t // width, lanes, width
+    return cuda.blockIdx.y, t, cuda.blockDim.x, 1
 
 
 @_device
@@ -231,8 +233,7 @@ def build(block: int, width: int) -> SimpleNamespace:
         """Per-block ``sum(x - shift[c])`` and ``sum((x - shift[c])**2)``.
         part: (S, 1, 2, C)."""
         pre, n_ch, post = x.shape
-        c, lane, lanes = _thread_channel(n_ch, post, width)
-        stride = width if post == 1 else 1
+        c, lane, lanes, stride = _thread_channel(n_ch, post, width)
         lo, hi = _block_slice(pre * post)
         s1 = 0.0
         s2 = 0.0
@@ -259,8 +260,7 @@ def build(block: int, width: int) -> SimpleNamespace:
         part: (S, V, N_SUMS, C); direction-independent slots only for v = 0.
         """
         pre, n_ch, post = x.shape
-        c, lane, lanes = _thread_channel(n_ch, post, width)
-        stride = width if post == 1 else 1
+        c, lane, lanes, stride = _thread_channel(n_ch, post, width)
         lo, hi = _block_slice(pre * post)
         v = cuda.blockIdx.z
         acc = cuda.local.array(n_sums, float64)
@@ -303,9 +303,4 @@ def build(block: int, width: int) -> SimpleNamespace:
             for q in range(f.N_SUMS):
                 part[cuda.blockIdx.x, v, q, c] = sm[q, t]
 
-    return SimpleNamespace(
-        block=block,
-        width=width,
-        shifted_partials=shifted_partials,
-        moment_partials=moment_partials,
-    )
+    return SimpleNamespace(shifted_partials=shifted_partials, moment_partials=moment_partials)
