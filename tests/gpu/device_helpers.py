@@ -1,9 +1,13 @@
-"""Moving test data to and from the device."""
+"""Moving test data to and from the device, and comparing device results."""
 
 import os
 
 import numpy as np
 from numba import cuda
+
+from numbabn._dispatch import is_cuda_array
+
+from cases import relative_error
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -14,3 +18,17 @@ def to_device(case: dict) -> dict:
 
 def to_host(a):
     return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a.get())
+
+
+#: Device results against the CPU kernels', relative (both sum in float64, in
+#: different orders).
+TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+
+
+def assert_device_matches(got, want, dtype, what: str, tol: dict = TOL) -> None:
+    """``got`` is a device array of ``dtype`` within ``tol`` of ``want``."""
+    assert is_cuda_array(got), f"{what}: not on device"
+    host = to_host(got)
+    assert host.dtype == np.dtype(dtype), what
+    err = relative_error(host, want)
+    assert err <= tol[np.dtype(dtype)], f"{what}: relative error {err:.2e}"

@@ -7,25 +7,12 @@ import pytest
 from numba import cuda
 
 import numbabn
-from numbabn._dispatch import is_cuda_array
 
 from cases import make_case
-from device_helpers import SIMULATED, to_device, to_host
-
-TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+from device_helpers import SIMULATED, assert_device_matches, to_device, to_host
 
 SHAPES = [((6, 3), 1), ((5, 3), -1), ((3, 2, 4), 1), ((3, 4, 2), -1), ((2, 2, 2, 3), 1),
           ((2, 3, 2, 2), -1), ((2, 2, 2, 1, 2), 1), ((1, 2, 2, 1, 3), -1)]  # fmt: skip
-
-
-def assert_device_matches(got, want, dtype, what):
-    assert is_cuda_array(got), f"{what}: not on device"
-    host = to_host(got)
-    assert host.dtype == np.dtype(dtype), what
-    want = np.asarray(want, dtype=np.float64)
-    scale = max(np.abs(want).max(initial=0.0), 1.0)
-    err = np.abs(host - want).max(initial=0.0) / scale
-    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.2e}"
 
 
 def _device_scale(t):
