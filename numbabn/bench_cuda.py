@@ -10,14 +10,21 @@ the Python dispatch and kernel launches included, as they are in real use.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-from .bench import CASES, FLOOR_PASSES, PEERS, make_inputs, network_hvp_calls, numbabn_call
+from .bench import (
+    CASES,
+    FLOOR_PASSES,
+    PEERS,
+    make_inputs,
+    median_seconds,
+    network_hvp_calls,
+    numbabn_call,
+)
 
 
 def unavailable() -> str | None:
@@ -49,18 +56,10 @@ def _triad_kernel():
 
 
 def synchronized_seconds(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``fn()``, the device synchronised before and after each call."""
+    """Median wall time of ``fn()``, the device synchronised after each call (so
+    each timed call starts on an idle device and ends when its work does)."""
     sync = _cupy().cuda.runtime.deviceSynchronize
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(lambda: (fn(), sync()), repeats, warmup)
 
 
 def device_bandwidth(n: int, dtype: Any, repeats: int = 20) -> float:
@@ -96,29 +95,21 @@ def efficiency_table(cases=CASES, dtypes=(np.float32, np.float64), repeats: int 
     return rows
 
 
-def torch_cuda_peer(op: str, d: dict, axis: int):
-    """PyTorch double backward on the GPU (inputs copied there once)."""
-    return PEERS["torch"](op, {k: v.get() for k, v in d.items()}, axis, device="cuda")
-
-
-def jax_gpu_peer(op: str, d: dict, axis: int):
-    """JAX jit on its default device (the GPU where JAX sees one)."""
-    return PEERS["jax"](op, {k: v.get() for k, v in d.items()}, axis)
-
-
 def peer_table(cases=CASES, repeats: int = 20):
-    """rvp and hvp in float64, statistics inside: numbabn vs torch and JAX on the GPU."""
+    """rvp and hvp in float64, statistics inside: numbabn vs torch and JAX on the GPU
+    (torch given device="cuda"; JAX on its default device, the GPU where it sees one)."""
+    cupy = _cupy()
     rows, missing = [], {}
-    peers = {"torch": torch_cuda_peer, "jax": jax_gpu_peer}
     for shape, axis in cases:
         for op in ("rvp", "hvp"):
-            d = device_inputs(shape, axis, np.float64)
+            host = make_inputs(shape, axis, np.float64)
+            d = {k: cupy.asarray(v) for k, v in host.items()}
             bw = device_bandwidth(d["x"].size, np.float64, repeats)
             floor = (FLOOR_PASSES[op](1) + 2) * d["x"].nbytes / bw
             times = {"numbabn": synchronized_seconds(numbabn_call(op, d, axis), repeats)}
-            for name, peer in peers.items():
+            for name, kw in (("torch", {"device": "cuda"}), ("jax", {})):
                 try:
-                    fn = peer(op, d, axis)
+                    fn = PEERS[name](op, host, axis, **kw)
                 except ImportError as exc:
                     missing[name] = str(exc)
                     continue
