@@ -38,6 +38,11 @@ _affine = _scalar(f.affine_value)
 #: accumulators in L1 and go faster row by row. Measured crossover: 512.
 WIDE_BLOCK = 512
 
+#: Elements of x (rows x channel block) in one tile of :func:`_rows_moments`:
+#: each direction sweeps the tile in turn, while the tile's x and dz stay in
+#: cache and that direction's accumulators in L1 (see :func:`_row_tiles`).
+DIRECTION_TILE_ELEMENTS = 16384
+
 #: Serial twins of the parallel kernels, by name: the same code compiled without
 #: threads, for arrays too small to repay waking the thread pool (each parallel
 #: region costs tens of microseconds). Results do not depend on the thread
@@ -179,7 +184,8 @@ def moment_sums(x, mean, invstd, dz, h, u, w, n_dir, n_chunks, n_blocks):
 def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     """moment_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout.
 
-    Per row: the sums of h (when given) in their own loop, then per direction
+    Rows go in tiles (:func:`_row_tiles`). Per tile: the sums of h (when
+    given) in their own loop, then each direction in turn, row by row, with
     one loop for the sums of dz, u and w (the direction-independent ones ride
     along with direction 0) and one for those of h*u. Loops updating at most
     about five accumulators vectorise; one loop over all ten ran hvp's
@@ -192,50 +198,68 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
     a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
     a_h, a_hx, a_hxx = acc[0, f.S_H, c0:c1], acc[0, f.S_HX, c0:c1], acc[0, f.S_HXX, c0:c1]
-    for i in range(lo, hi):
-        x_row = x[i, c0:c1]
-        if dz is not None:
-            dz_row = dz[i, c0:c1]
+    n = c1 - c0
+    tile = _row_tiles(n)
+    for t0 in range(lo, hi, tile):
+        t1 = min(hi, t0 + tile)
         if h is not None:
-            h_row = h[i, c0:c1]
-            for c in range(x_row.shape[0]):
-                xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
-                hv = np.float64(h_row[c])
-                a_h[c] += hv
-                a_hx[c] += hv * xh
-                a_hxx[c] += hv * xh * xh
+            for i in range(t0, t1):
+                x_row, h_row = x[i, c0:c1], h[i, c0:c1]
+                for c in range(n):
+                    xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
+                    hv = np.float64(h_row[c])
+                    a_h[c] += hv
+                    a_hx[c] += hv * xh
+                    a_hxx[c] += hv * xh * xh
         for v in range(n_dir):
             a_u, a_xu, a_dzu = acc[v, f.S_U, c0:c1], acc[v, f.S_XU, c0:c1], acc[v, f.S_DZU, c0:c1]
             a_w, a_xw = acc[v, f.S_W, c0:c1], acc[v, f.S_XW, c0:c1]
-            if u is not None:
-                u_row = u[v, i, c0:c1]
-            if w is not None:
-                w_row = w[v, i, c0:c1]
+            a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
             once = v == 0  # direction-independent sums ride along with direction 0
-            for c in range(x_row.shape[0]):
-                xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
+            for i in range(t0, t1):
+                x_row = x[i, c0:c1]
                 if dz is not None:
-                    d = np.float64(dz_row[c])
-                    if once:
-                        a_dz[c] += d
-                        a_xdz[c] += xh * d
+                    dz_row = dz[i, c0:c1]
                 if u is not None:
-                    uv = np.float64(u_row[c])
-                    a_u[c] += uv
-                    a_xu[c] += xh * uv
-                    if dz is not None:
-                        a_dzu[c] += d * uv
+                    u_row = u[v, i, c0:c1]
                 if w is not None:
-                    wv = np.float64(w_row[c])
-                    a_w[c] += wv
-                    a_xw[c] += xh * wv
-            if h is not None and u is not None:
-                a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
-                for c in range(x_row.shape[0]):
+                    w_row = w[v, i, c0:c1]
+                for c in range(n):
                     xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
-                    hu = np.float64(h_row[c]) * np.float64(u_row[c])
-                    a_hu[c] += hu
-                    a_hxu[c] += hu * xh
+                    if dz is not None:
+                        d = np.float64(dz_row[c])
+                        if once:
+                            a_dz[c] += d
+                            a_xdz[c] += xh * d
+                    if u is not None:
+                        uv = np.float64(u_row[c])
+                        a_u[c] += uv
+                        a_xu[c] += xh * uv
+                        if dz is not None:
+                            a_dzu[c] += d * uv
+                    if w is not None:
+                        wv = np.float64(w_row[c])
+                        a_w[c] += wv
+                        a_xw[c] += xh * wv
+                if h is not None and u is not None:
+                    h_row = h[i, c0:c1]
+                    for c in range(n):
+                        xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
+                        hu = np.float64(h_row[c]) * np.float64(u_row[c])
+                        a_hu[c] += hu
+                        a_hxu[c] += hu * xh
+
+
+@_scalar
+def _row_tiles(width):
+    """Rows per tile of :func:`_rows_moments` over ``width`` channels: about
+    ``DIRECTION_TILE_ELEMENTS`` elements.
+
+    Each accumulator still adds up its rows in order, so the tiling changes
+    the speed of several directions (V = 16: accumulators of all directions
+    no longer cycle through L2 every few rows) but never the bits.
+    """
+    return max(1, DIRECTION_TILE_ELEMENTS // max(1, width))
 
 
 @_inline
