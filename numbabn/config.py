@@ -21,8 +21,14 @@ CHANNEL_BLOCK = 1024
 APPLY_TILE_ELEMENTS = 8192
 
 #: Largest work (elements of x times directions) that the CPU kernels process
-#: serially: below it, waking the thread pool costs more than it saves.
-SERIAL_MAX_ELEMENTS = 2**18
+#: serially: below it, waking the thread pool costs more than it saves
+#: (measured crossover of rvp on 2 cores, threads asleep: about 2**16).
+SERIAL_MAX_ELEMENTS = 2**16
+
+#: Spins of an idle OpenMP thread before it sleeps (libgomp's ``GOMP_SPINCOUNT``),
+#: read once when numbabn starts Numba's thread pool: long enough to span the
+#: kernels of one call, short enough not to starve BLAS threads afterwards.
+OMP_SPIN_COUNT = 10000
 
 #: Threads per block of the CUDA kernels (a power of 2, at most 1024).
 CUDA_BLOCK = 256

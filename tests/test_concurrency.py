@@ -140,7 +140,8 @@ import os, numpy as np
 from numba.np.ufunc import parallel
 seen = []
 launch = parallel._launch_threads
-parallel._launch_threads = lambda: (seen.append(os.environ.get("OMP_WAIT_POLICY")), launch())
+at_launch = lambda: [os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")]
+parallel._launch_threads = lambda: (seen.append(at_launch()), launch())
 import numbabn
 from numbabn import hf
 x = np.random.default_rng(0).normal(size=(64, 8))
@@ -149,21 +150,28 @@ if {entry!r} == "layer":
 else:  # hf runs numbabn on one Numba thread: the pool must still start numbabn's way
     net = hf.Sequential([hf.BatchNorm(8)], loss="mse")
     net.loss(net.init(), x, x)
-print(seen[0], os.environ.get("OMP_WAIT_POLICY"))
+print(*seen[0], *at_launch())
 """
 
 
 @pytest.mark.parametrize("entry", ["layer", "hf"])
 @pytest.mark.parametrize(
-    ("user", "expected"), [(None, "PASSIVE None"), ("ACTIVE", "ACTIVE ACTIVE")]
+    ("user", "expected"),
+    [
+        ({}, f"{config.OMP_SPIN_COUNT} None None None"),  # at launch, then after
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "None ACTIVE None ACTIVE"),
+        ({"GOMP_SPINCOUNT": "5"}, "5 None 5 None"),
+    ],
 )
-def test_thread_pool_starts_passive_without_touching_the_environment(entry, user, expected):
-    """Numba's OpenMP pool starts with idle threads asleep; the process environment
-    (read by other OpenMP runtimes, e.g. PyTorch's, when they load) is restored,
-    and a policy the user chose wins."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if user is not None:
-        env["OMP_WAIT_POLICY"] = user
+def test_thread_pool_starts_with_a_short_spin_without_touching_the_environment(
+    entry, user, expected
+):
+    """Numba's OpenMP pool starts with idle threads spinning config.OMP_SPIN_COUNT
+    times before they sleep; the process environment (read by other OpenMP
+    runtimes, e.g. PyTorch's, when they load) is restored, and a policy or
+    spin count the user chose wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user)
     script = _POLICY_SCRIPT.format(entry=entry)
     run = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
