@@ -233,7 +233,7 @@ def _one_thread(like: Any):
 
     from .._dispatch import _cpu
 
-    _cpu()  # start numbabn's thread pool (its layer and wait policy) before Numba's default
+    _cpu()  # start numbabn's thread pool (its layer and spin count) before Numba's default
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
