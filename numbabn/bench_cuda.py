@@ -73,8 +73,12 @@ def device_bandwidth(n: int, dtype: Any, repeats: int = 20) -> float:
 
 def device_inputs(shape, axis: int, dtype: Any, n_dir: int | None = None) -> dict:
     """The inputs of :func:`numbabn.bench.make_inputs`, as CuPy arrays."""
+    return _on_device(make_inputs(shape, axis, dtype, n_dir))
+
+
+def _on_device(host: dict) -> dict:
     cupy = _cupy()
-    return {k: cupy.asarray(v) for k, v in make_inputs(shape, axis, dtype, n_dir).items()}
+    return {k: cupy.asarray(v) for k, v in host.items()}
 
 
 def efficiency_table(cases=CASES, dtypes=(np.float32, np.float64), repeats: int = 20):
@@ -98,12 +102,11 @@ def efficiency_table(cases=CASES, dtypes=(np.float32, np.float64), repeats: int 
 def peer_table(cases=CASES, repeats: int = 20):
     """rvp and hvp in float64, statistics inside: numbabn vs torch and JAX on the GPU
     (torch given device="cuda"; JAX on its default device, the GPU where it sees one)."""
-    cupy = _cupy()
     rows, missing = [], {}
     for shape, axis in cases:
         for op in ("rvp", "hvp"):
             host = make_inputs(shape, axis, np.float64)
-            d = {k: cupy.asarray(v) for k, v in host.items()}
+            d = _on_device(host)
             bw = device_bandwidth(d["x"].size, np.float64, repeats)
             floor = (FLOOR_PASSES[op](1) + 2) * d["x"].nbytes / bw
             times = {"numbabn": synchronized_seconds(numbabn_call(op, d, axis), repeats)}

@@ -5,6 +5,7 @@ import os
 import numpy as np
 from numba import cuda
 
+import numbabn
 from numbabn._dispatch import is_cuda_array
 
 from cases import relative_error
@@ -32,3 +33,15 @@ def assert_device_matches(got, want, dtype, what: str, tol: dict = TOL) -> None:
     assert host.dtype == np.dtype(dtype), what
     err = relative_error(host, want)
     assert err <= tol[np.dtype(dtype)], f"{what}: relative error {err:.2e}"
+
+
+def forward_on_both(d: dict, c: dict, axis: int, dtype, tol: dict = TOL):
+    """``forward`` on the device inputs ``d`` and on the host inputs ``c``: the
+    outputs and the statistics match. Returns ``(z, device stats, host stats)``."""
+    z, st = numbabn.forward(d["x"], d["gamma"], d["beta"], axis=axis)
+    z_cpu, ref = numbabn.forward(c["x"], c["gamma"], c["beta"], axis=axis)
+    assert_device_matches(z, z_cpu, dtype, "forward", tol)
+    for name in ("mean", "var", "invstd"):
+        assert_device_matches(getattr(st, name), getattr(ref, name), np.float64, name, tol)
+    assert (st.count, st.axis, st.shape) == (ref.count, ref.axis, ref.shape)
+    return z, st, ref
