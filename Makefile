@@ -22,11 +22,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The suite runs twice: on the CPU (plus the CUDA compile proof; GPU tests skip
-# without a GPU), then the CUDA tests on Numba's CUDA simulator, which must be
-# switched on before numba is imported, hence its own process.
+# The suite runs twice: on the CPU (plus the CUDA compile proof and the
+# docstring examples; GPU tests skip without a GPU), then the CUDA tests on
+# Numba's CUDA simulator, which must be switched on before numba is imported,
+# hence its own process.
 test: $(STAMP) lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest --doctest-modules numbabn tests
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -p no:cacheprovider tests/gpu
 	$(MAKE) asv-smoke
 
@@ -41,16 +42,17 @@ bench: $(STAMP)
 	cd asv_bench && $(ASV) machine --yes > /dev/null
 	cd asv_bench && $(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD)
 
-# The side-by-side comparison with the autodiff peers (installs the bench extra).
+# The side-by-side comparison with the autodiff peers (installs the bench extra);
+# writes the full tables to docs/performance.md and the plot to docs/bench.png.
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) -m numbabn bench --plot docs/bench.png
+	$(PY) -m numbabn bench --plot docs/bench.png --markdown docs/performance.md
 
 # The layer demo (checks against the NumPy closed form), then Hessian-free
 # training on digits (fails below 0.95 test accuracy).
 demo: $(STAMP)
 	$(PY) -m numbabn demo
-	$(PY) -m numbabn hf --plot hf_digits.png
+	$(PY) -m numbabn hf --plot docs/hf_digits.png
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache

@@ -59,28 +59,10 @@ def global_mean(comm: Any, be, sums, count: int):
     return be.from_host(buffer[:-1] / total), total
 
 
-def sum_slots(present: dict[str, bool]) -> tuple[list[int], list[int]]:
-    """(direction-independent, per-direction) sum slots that a reduction fills."""
-    once, per_direction = [], []
-    if present["dz"]:
-        once += [f.S_DZ, f.S_XDZ]
-    if present["h"]:
-        once += [f.S_H, f.S_HX, f.S_HXX]
-    if present["u"]:
-        per_direction += [f.S_U, f.S_XU]
-        if present["dz"]:
-            per_direction.append(f.S_DZU)
-        if present["h"]:
-            per_direction += [f.S_HU, f.S_HXU]
-    if present["w"]:
-        per_direction += [f.S_W, f.S_XW]
-    return once, per_direction
-
-
 def reduce_moment_sums(comm: Any, be, sums, present: dict[str, bool]):
     """Sum the (V, N_SUMS, C) moment sums over ranks, sending only the filled
     slots: each direction-independent slot once, each other slot per direction."""
-    once, per_direction = sum_slots(present)
+    once, per_direction = f.filled_sum_slots(**present)
     host = np.array(be.to_host(sums), dtype=np.float64)
     buffer = np.concatenate([host[0, once].ravel(), host[:, per_direction].ravel()])
     allreduce_sum(comm, buffer)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numbabn
-from numbabn import closed_form
+from numbabn.bench import closed_form
 from numbabn.kernels import cpu
 from numbabn.kernels import formulas as f
 

@@ -121,55 +121,86 @@ class HessianFree:
 
     def step(self, theta: Any, X: Any, y: Any) -> tuple[Any, StepInfo]:
         """One Hessian-free step on the batch (X, y); returns the new parameters."""
-        net, xp, n = self.net, _xp(X), X.shape[0]
+        net, xp = self.net, _xp(X)
         theta = xp.asarray(theta, dtype=xp.float64)
-        loss0 = net.loss(theta, X, y)
-        g = net.grad(theta, X, y)
-        work = 1.5  # a loss (½) and a gradient (1) on the whole batch
+        loss0, g = net.loss(theta, X, y), net.grad(theta, X, y)
+        curvature, batch_fraction = self._curvature_on_a_mini_batch(theta, X, y)
+        cg = self._solve_damped_system(curvature, g)
+        best, best_loss, evaluations = self._backtrack_over_iterates(theta, X, y, cg.iterates)
+        rho = self._reduction_ratio(curvature, g, best, best_loss - loss0)
+        self._adapt_damping(rho)
+        step_size, new_loss, searched = self._line_search(theta, X, y, g, best, loss0, best_loss)
+        work = 1.5  # a loss (1/2) and a gradient (1) on the whole batch
+        work += 0.5 * (evaluations + searched) + curvature.products * batch_fraction
+        info = StepInfo(new_loss, self.damping, rho, cg.iterations, step_size, work)
+        return theta + step_size * best, info
+
+    def _curvature_on_a_mini_batch(self, theta, X, y) -> tuple[_CountedProducts, float]:
+        """The curvature operator on a random mini-batch (the forward pass once per
+        step), counting its products, and the fraction of the batch it sees."""
+        xp, n = _xp(X), X.shape[0]
         if self.curvature_batch is not None and self.curvature_batch < n:
             idx = xp.asarray(self.rng.choice(n, self.curvature_batch, replace=False))
-            Xc, yc, frac = X[idx], y[idx], self.curvature_batch / n
+            Xc, yc, fraction = X[idx], y[idx], self.curvature_batch / n
         else:
-            Xc, yc, frac = X, y, 1.0
-        operator = net.curvature(theta, Xc, yc, self.curvature)  # forward pass once per step
-        products = 0
+            Xc, yc, fraction = X, y, 1.0
+        return _CountedProducts(self.net.curvature(theta, Xc, yc, self.curvature)), fraction
 
-        def curvature(v):
-            nonlocal products
-            products += 1
-            return operator(v)
-
-        def damped(v):
-            return curvature(v) + self.damping * v
-
+    def _solve_damped_system(self, curvature: _CountedProducts, g: Any) -> CGResult:
+        """Truncated CG on ``(B + λI) d = -g``, warm-started from the last direction."""
+        xp = _xp(g)
         x0 = xp.zeros_like(g) if self._previous is None else self.cg_decay * self._previous
-        cg = conjugate_gradient(damped, -g, x0, self.max_cg_iter)
-        # backtrack over the kept CG iterates while the loss keeps improving
-        best, best_loss = cg.iterates[-1], net.loss(theta + cg.iterates[-1], X, y)
+        cg = conjugate_gradient(lambda v: curvature(v) + self.damping * v, -g, x0,
+                                self.max_cg_iter)  # fmt: skip
+        self._previous = cg.iterates[-1]
+        return cg
+
+    def _backtrack_over_iterates(self, theta, X, y, iterates) -> tuple[Any, float, int]:
+        """From the last CG iterate back, while the loss keeps improving: the best
+        direction, its loss and the number of loss evaluations."""
+        net = self.net
+        best, best_loss = iterates[-1], net.loss(theta + iterates[-1], X, y)
         evaluations = 1
-        for d in reversed(cg.iterates[:-1]):
+        for d in reversed(iterates[:-1]):
             candidate = net.loss(theta + d, X, y)
             evaluations += 1
             if candidate >= best_loss:
                 break
             best, best_loss = d, candidate
-        self._previous = cg.iterates[-1]
-        # Levenberg-Marquardt: ratio of actual to predicted (undamped model) reduction
-        predicted = float(g @ best + 0.5 * best @ curvature(best))
-        rho = (best_loss - loss0) / predicted if predicted < 0 else -math.inf
+        return best, best_loss, evaluations
+
+    @staticmethod
+    def _reduction_ratio(curvature, g, d, actual: float) -> float:
+        """ρ: the actual loss reduction over the one the undamped quadratic model predicts."""
+        predicted = float(g @ d + 0.5 * d @ curvature(d))
+        return actual / predicted if predicted < 0 else -math.inf
+
+    def _adapt_damping(self, rho: float) -> None:
+        """Levenberg-Marquardt: more damping when the model overpromised, less when it held."""
         if rho < 0.25:
             self.damping *= 1.5
         elif rho > 0.75:
             self.damping *= 2.0 / 3.0
-        # backtracking line search (Armijo) on the step size
-        step_size, slope = 1.0, float(g @ best)
-        new_loss = best_loss
+
+    def _line_search(self, theta, X, y, g, d, loss0, loss_at_d) -> tuple[float, float, int]:
+        """Backtracking (Armijo) on the step size along ``d``: the step size, the new
+        loss and the loss evaluations; a step of 0 when nothing improves on ``loss0``."""
+        step_size, slope, new_loss, evaluations = 1.0, float(g @ d), loss_at_d, 0
         while new_loss > loss0 + 1e-2 * step_size * slope and step_size > 1e-3:
             step_size *= 0.8
-            new_loss = net.loss(theta + step_size * best, X, y)
+            new_loss = self.net.loss(theta + step_size * d, X, y)
             evaluations += 1
-        if new_loss > loss0:  # no progress: keep theta, damp more
-            step_size, new_loss = 0.0, loss0
-        work += 0.5 * evaluations + products * frac
-        info = StepInfo(new_loss, self.damping, rho, cg.iterations, step_size, work)
-        return theta + step_size * best, info
+        if new_loss > loss0:  # no progress: keep theta (the damping has grown)
+            return 0.0, loss0, evaluations
+        return step_size, new_loss, evaluations
+
+
+class _CountedProducts:
+    """A curvature operator that counts its products (the work of a step)."""
+
+    def __init__(self, operator: Callable[[Any], Any]) -> None:
+        self.operator, self.products = operator, 0
+
+    def __call__(self, v: Any) -> Any:
+        self.products += 1
+        return self.operator(v)

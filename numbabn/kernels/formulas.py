@@ -37,6 +37,30 @@ N_SUMS = 12
 #: Slots that do not depend on the direction (filled once, shared by all V).
 DIRECTION_INDEPENDENT_SLOTS = (S_DZ, S_XDZ, S_H, S_HX, S_HXX)
 
+#: Which sums each input fills: the one table every reduction path follows.
+#: Keys are an input, or a pair of inputs whose product is summed; slots whose
+#: key names an absent input stay zero.
+SUM_SLOTS_OF_INPUTS = {
+    ("dz",): (S_DZ, S_XDZ),
+    ("h",): (S_H, S_HX, S_HXX),
+    ("u",): (S_U, S_XU),
+    ("u", "dz"): (S_DZU,),
+    ("u", "h"): (S_HU, S_HXU),
+    ("w",): (S_W, S_XW),
+}
+
+
+def filled_sum_slots(dz: bool, h: bool, u: bool, w: bool) -> tuple[list[int], list[int]]:
+    """(direction-independent, per-direction) sum slots that a reduction fills
+    for the inputs present, from :data:`SUM_SLOTS_OF_INPUTS`."""
+    present = {"dz": dz, "h": h, "u": u, "w": w}
+    once, per_direction = [], []
+    for inputs, slots in SUM_SLOTS_OF_INPUTS.items():
+        if all(present[name] for name in inputs):
+            for slot in slots:
+                (once if slot in DIRECTION_INDEPENDENT_SLOTS else per_direction).append(slot)
+    return once, per_direction
+
 # --- coefficient slots (axis 1 of the ``coef`` array, shape (V, N_COEF, C)) -------
 K_U = 0
 K_W = 1

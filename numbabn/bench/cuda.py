@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .bench import (
-    CASES,
-    FLOOR_PASSES,
-    PEERS,
-    make_inputs,
-    median_seconds,
-    network_hvp_calls,
-    numbabn_call,
-)
+from .cases import CASES, FLOOR_PASSES, make_inputs, numbabn_call
+from .network import network_hvp_calls
+from .peers import PEERS
+from .report import Report, Table
+from .timing import median_seconds
 
 
 def unavailable() -> str | None:
@@ -72,7 +68,7 @@ def device_bandwidth(n: int, dtype: Any, repeats: int = 20) -> float:
 
 
 def device_inputs(shape, axis: int, dtype: Any, n_dir: int | None = None) -> dict:
-    """The inputs of :func:`numbabn.bench.make_inputs`, as CuPy arrays."""
+    """The inputs of :func:`numbabn.bench.cases.make_inputs`, as CuPy arrays."""
     return _on_device(make_inputs(shape, axis, dtype, n_dir))
 
 
@@ -82,19 +78,19 @@ def _on_device(host: dict) -> dict:
 
 
 def efficiency_table(cases=CASES, dtypes=(np.float32, np.float64), repeats: int = 20):
-    """(shape, dtype, op, seconds, floor seconds): statistics given, ``out`` preallocated."""
+    """(case, dtype, op, seconds, floor seconds): statistics given, ``out`` preallocated."""
     import numbabn
 
     rows = []
-    for shape, axis in cases:
+    for case in cases:
         for dtype in dtypes:
-            d = device_inputs(shape, axis, dtype)
-            st = numbabn.batch_stats(d["x"], axis=axis)
+            d = device_inputs(case.shape, case.axis, dtype)
+            st = numbabn.batch_stats(d["x"], axis=case.axis)
             array_seconds = d["x"].nbytes / device_bandwidth(d["x"].size, dtype, repeats)
             out = d["u"].copy()
             for op in FLOOR_PASSES:
-                seconds = synchronized_seconds(numbabn_call(op, d, axis, st, out), repeats)
-                rows.append((shape, np.dtype(dtype).name, op, seconds,
+                seconds = synchronized_seconds(numbabn_call(op, d, case.axis, st, out), repeats)
+                rows.append((case, np.dtype(dtype).name, op, seconds,
                              FLOOR_PASSES[op](1) * array_seconds))  # fmt: skip
     return rows
 
@@ -103,7 +99,8 @@ def peer_table(cases=CASES, repeats: int = 20):
     """rvp and hvp in float64, statistics inside: numbabn vs torch and JAX on the GPU
     (torch given device="cuda"; JAX on its default device, the GPU where it sees one)."""
     rows, missing = [], {}
-    for shape, axis in cases:
+    for case in cases:
+        shape, axis = case.shape, case.axis
         for op in ("rvp", "hvp"):
             host = make_inputs(shape, axis, np.float64)
             d = _on_device(host)
@@ -117,34 +114,46 @@ def peer_table(cases=CASES, repeats: int = 20):
                     missing[name] = str(exc)
                     continue
                 times[name] = synchronized_seconds(fn, repeats)
-            rows.append((shape, op, floor, times))
+            rows.append((case, op, floor, times))
     return rows, missing
 
 
-def compare(repeats: int = 20) -> None:
-    """Print the GPU efficiency and peer tables and the network HVP row."""
+def compare(repeats: int = 20, markdown: str | None = None) -> None:
+    """Print the GPU efficiency, peer and network tables; optionally write them as Markdown."""
     cupy = _cupy()
     props = cupy.cuda.runtime.getDeviceProperties(0)
-    print(f"GPU: {props['name'].decode()}; times are synchronised calls, medians of {repeats}")
-    print("\nnumbabn (CUDA) vs the GPU's memory-traffic floor (statistics given, out= given)")
-    print(f"{'shape':<20}{'dtype':<9}{'op':<14}{'us':>10}{'floor us':>10}{'x floor':>9}")
-    for shape, dt, op, seconds, floor in efficiency_table(repeats=repeats):
-        print(f"{str(shape):<20}{dt:<9}{op:<14}{seconds * 1e6:>10.1f}{floor * 1e6:>10.1f}"
-              f"{seconds / floor:>9.2f}")  # fmt: skip
+    gpu = props["name"].decode()
+    report = Report(f"numbabn performance on the GPU ({gpu})")
+    table = Table(
+        f"numbabn (CUDA) vs the GPU's memory-traffic floor; synchronised calls, medians of "
+        f"{repeats} (statistics given, out= given)",
+        ["shape", "dtype", "op", "us", "floor us", "x floor"],
+    )
+    for case, dt, op, seconds, floor in efficiency_table(repeats=repeats):
+        table.add(case.label, dt, op, f"{seconds * 1e6:.1f}", f"{floor * 1e6:.1f}",
+                  f"{seconds / floor:.2f}")  # fmt: skip
+    report.show(table)
     rows, missing = peer_table(repeats=repeats)
-    for name, why in missing.items():
-        print(f"(skipped {name}: {why})")
-    print("\nrvp and hvp, float64, statistics inside: us, and peer / numbabn")
-    for shape, op, floor, times in rows:
+    names = [n for n in ("torch", "jax") if n not in missing]
+    table = Table(
+        "rvp and hvp, float64, statistics inside: us (peer / numbabn)",
+        ["shape", "op", "numbabn us", "x floor", *names],
+        notes=[f"skipped {name}: {why}" for name, why in missing.items()],
+    )
+    for case, op, floor, times in rows:
         ours = times["numbabn"]
-        cells = "".join(f"  {n} {t * 1e6:8.1f} ({t / ours:4.1f}x)" for n, t in times.items()
-                        if n != "numbabn")  # fmt: skip
-        print(f"{str(shape):<20}{op:<5}{ours * 1e6:9.1f} ({ours / floor:5.1f}x floor){cells}")
+        cells = [f"{times[n] * 1e6:.1f} ({times[n] / ours:.1f}x)" for n in names]
+        table.add(case.label, op, f"{ours * 1e6:.1f}", f"{ours / floor:.1f}", *cells)
+    report.show(table)
     ours, theirs = network_hvp_calls(device="cuda")
     t_ours = synchronized_seconds(ours, repeats)
-    line = "\nnetwork HVP (64-256-BN-tanh-256-BN-tanh-10, batch 1024, float64) on the GPU: "
-    line += f"numbabn.hf {t_ours * 1e3:.2f} ms"
+    table = Table("network HVP (64-256-BN-tanh-256-BN-tanh-10, batch 1024, float64)", ["row"])
+    line = f"numbabn.hf {t_ours * 1e3:.2f} ms"
     if theirs is not None:
         t_theirs = synchronized_seconds(theirs, repeats)
         line += f", torch double backward {t_theirs * 1e3:.2f} ms ({t_theirs / t_ours:.1f}x)"
-    print(line)
+    table.add(line)
+    report.show(table)
+    if markdown:
+        report.write_markdown(markdown)
+        print(f"tables: {markdown}")
