@@ -13,6 +13,10 @@ KINDS = ("ggn", "hessian")
 class CurvatureOperator:
     """``v -> B v`` for the curvature ``B`` of a network's loss at fixed (theta, X, y).
 
+    It runs the network's passes (``Sequential.forward_pass``, ``tangent_pass``,
+    ``backward_pass`` and the parameter layout) and each layer's
+    :class:`~numbabn.hf.layers.Layer` maps.
+
     ``B`` is the exact Hessian (forward tangents, then the R-operator of the
     backward pass, Pearlmutter 1994) or the generalised Gauss-Newton matrix
     ``Jᵀ H_loss J`` (Schraudolph 2002). The forward pass, and for the Hessian
@@ -51,9 +55,9 @@ class CurvatureOperator:
             scratches = [Scratch(store, k) for k in range(len(net.layers))]
         self._ws = scratches
         self._lock = threading.Lock()
-        self._xp, X, (theta,) = net._prepare(theta, X)
-        self._params, self._y = net._unflatten(theta), y
-        self._z, self._caches = net._forward(self._params, X, self._ws)
+        self._xp, X, (theta,) = net.as_float64(theta, X)
+        self._params, self._y = net.split_parameters(theta), y
+        self._z, self._caches = net.forward_pass(self._params, X, self._ws)
         self._gradients = self._output_gradients() if kind == "hessian" else None
 
     def _output_gradients(self) -> list[Any]:
@@ -75,24 +79,23 @@ class CurvatureOperator:
         """The product ``B v``, a new array shaped like theta."""
         net, xp = self.net, self._xp
         with self._lock:
-            dparams = net._unflatten(xp.asarray(v, dtype=xp.float64), "v")
-            inputs, dz = net._tangents(self._params, dparams, self._caches, self._ws)
+            dparams = net.split_parameters(xp.asarray(v, dtype=xp.float64), "v")
+            inputs, dz = net.tangent_pass(self._params, dparams, self._caches, self._ws)
             hdz = net.criterion.hessian_vector(self._z, self._y, dz)
             if self.kind == "ggn":
-                grads = net._backward(self._params, self._caches, hdz, self._ws)
+                grads = net.backward_pass(self._params, self._caches, hdz, self._ws)
             else:
-                grads = self._rop_backward(dparams, inputs, dz, hdz)
-            return net._flatten(grads, xp)
+                grads = self._rop_backward(dparams, inputs, hdz)
+            return net.join_parameters(grads, xp)
 
-    def _rop_backward(self, dparams, inputs, dz, dg) -> list[Any]:
+    def _rop_backward(self, dparams, inputs, dg) -> list[Any]:
         """The R-operator of the backward pass, layer by layer, from the output
         gradient's tangent ``dg``."""
         layers = self.net.layers
         rgrads = [None] * len(layers)
-        outputs = [*inputs[1:], dz]  # each layer's output tangent
         for k in range(len(layers) - 1, -1, -1):
             dg, rgrads[k] = layers[k].rop_backward(
-                self._params[k], dparams[k], self._caches[k], inputs[k], outputs[k],
+                self._params[k], dparams[k], self._caches[k], inputs[k],
                 self._gradients[k], dg, need_input=k > 0, ws=self._ws[k],
             )  # fmt: skip
         return rgrads

@@ -1,23 +1,6 @@
-"""Layers of :class:`numbabn.hf.Sequential`, each with the four maps that exact
-curvature products need (Pearlmutter 1994):
-
-* ``forward(params, a)`` -> (output, cache)
-* ``tangent(params, dparams, cache, da)`` -> output tangent (forward mode, "R{z}");
-  ``da=None`` means a zero input tangent (the network's input is data)
-* ``backward(params, cache, g)`` -> (input gradient, parameter gradients)
-* ``input_gradient(params, cache, g)`` -> the input gradient alone
-* ``rop_backward(params, dparams, cache, da, dz, g, dg, need_input=True)`` -> the
-  tangents of ``backward``'s outputs when the input moves by ``da``, the
-  parameters by ``dparams`` and the output gradient ``g`` by ``dg`` (``dz`` is
-  the output tangent from ``tangent``); the input part is None unless needed.
-* ``rop_reads_gradient(first)`` -> whether ``rop_backward`` reads ``g`` (as the
-  network's first layer: zero ``da``, no input part), so that the layer above
-  can skip computing it.
-
-Parameters are tuples of arrays; every array follows the input's namespace
-(NumPy or CuPy). Every map takes a keyword ``ws`` (:class:`~.workspace.Scratch`)
-and writes its array results into the work arrays it hands out, so a network
-reuses them from call to call; the default allocates fresh ones.
+"""Layers of :class:`numbabn.hf.Sequential`: Linear, BatchNorm (numbabn's
+kernels) and the activations Tanh and ReLU, each with the maps of the
+:class:`Layer` protocol that exact curvature products need (Pearlmutter 1994).
 """
 
 from __future__ import annotations
@@ -25,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,6 +16,47 @@ import numbabn
 
 from ._namespace import _xp
 from .workspace import FRESH, Scratch
+
+
+class Layer(Protocol):
+    """What :class:`~numbabn.hf.Sequential` asks of a layer.
+
+    Parameters ``p`` (and their tangents ``dp``) are sequences of arrays shaped
+    as :attr:`shapes`; every array follows the input's namespace (NumPy or
+    CuPy). Every map takes a keyword ``ws`` (:class:`~.workspace.Scratch`) and
+    writes its array results into the work arrays it hands out, so a network
+    reuses them from call to call; the default allocates fresh ones.
+    """
+
+    #: Shapes of the layer's parameters, in the order of the flat vector.
+    shapes: list[tuple[int, ...]]
+
+    def init(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Initial parameters."""
+
+    def forward(self, p, a, ws: Scratch = FRESH) -> tuple[Any, Any]:
+        """``(output, cache)``; the cache is what the other maps read."""
+
+    def tangent(self, p, dp, cache, da, ws: Scratch = FRESH) -> Any:
+        """The output tangent (forward mode, "R{z}"); ``da=None`` is a zero input
+        tangent (the network's input is data)."""
+
+    def backward(self, p, cache, g, ws: Scratch = FRESH) -> tuple[Any, Any]:
+        """``(input gradient, parameter gradients)`` for the output gradient ``g``."""
+
+    def input_gradient(self, p, cache, g, ws: Scratch = FRESH) -> Any:
+        """The input gradient alone."""
+
+    def rop_backward(
+        self, p, dp, cache, da, g, dg, need_input: bool = True, ws: Scratch = FRESH
+    ) -> tuple[Any, Any]:
+        """The tangents of :meth:`backward`'s outputs when the input moves by ``da``,
+        the parameters by ``dp`` and the output gradient ``g`` by ``dg``; the input
+        part is None unless ``need_input``."""
+
+    def rop_reads_gradient(self, first: bool) -> bool:
+        """Whether :meth:`rop_backward` reads ``g`` (as the network's first layer:
+        zero ``da``, no input part), so that the layer above can skip computing it."""
 
 
 class Linear:
@@ -70,7 +94,7 @@ class Linear:
     def input_gradient(self, p, a, g, ws: Scratch = FRESH):
         return _matmul(g, p[0], ws.empty("g_in", a.shape, a))
 
-    def rop_backward(self, p, dp, a, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
+    def rop_backward(self, p, dp, a, da, g, dg, need_input=True, ws: Scratch = FRESH):
         w, _ = p
         dw, _ = dp
         dgw = _matmul(dg.T, a, ws.empty("dgw", self.shapes[0], a))
@@ -119,7 +143,7 @@ class BatchNorm:
     def input_gradient(self, p, cache, g, ws: Scratch = FRESH):
         return self.backward(p, cache, g, ws)[0]
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
+    def rop_backward(self, p, dp, cache, da, g, dg, need_input=True, ws: Scratch = FRESH):
         a, stats = cache
         da = ws.zeros("zero_tangent", a) if da is None else da
         out = ws.empty("dg_in", a.shape, a)
@@ -161,7 +185,7 @@ class _Elementwise:
     def input_gradient(self, p, cache, g, ws: Scratch = FRESH):
         return _xp(g).multiply(cache[1], g, out=ws.empty("g_in", g.shape, g))
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
+    def rop_backward(self, p, dp, cache, da, g, dg, need_input=True, ws: Scratch = FRESH):
         if not need_input:
             return None, ()
         z, df = cache
@@ -178,11 +202,11 @@ class _Elementwise:
 class Tanh(_Elementwise):
     """``z = tanh(a)``."""
 
-    def rop_backward(self, p, dp, cache, da, dz, g, dg, need_input=True, ws: Scratch = FRESH):
+    def rop_backward(self, p, dp, cache, da, g, dg, need_input=True, ws: Scratch = FRESH):
         z, df = cache
         arrays = (z, df, dg, da, g)
         if not need_input or da is None or not _same_numpy_arrays(arrays):
-            return super().rop_backward(p, dp, cache, da, dz, g, dg, need_input, ws)
+            return super().rop_backward(p, dp, cache, da, g, dg, need_input, ws)
         out = ws.empty("dg_in", z.shape, z)
         flat = [np.ascontiguousarray(a).reshape(-1) for a in (*arrays, out)]
         _activation_kernels().tanh_rop_backward(*flat)
@@ -218,13 +242,11 @@ def _one_thread(like: Any):
     """Run numbabn's CPU kernels on the calling thread only (for NumPy ``like``;
     CUDA arrays go to the GPU and leave Numba's CPU threads alone).
 
-    After each matrix product the BLAS threads spin for a while; kernels that
-    wake Numba's threads between products then wait for a core. An exact HVP
-    of the 64-256-BN-tanh-256-BN-tanh-10 network took 80-92 ms with a batch
-    of 2048 on two threads and 46-58 ms on one (2 cores, interleaved A/B).
-    The parallel kernels run on one thread (same tiling, so the same bits as
-    with more threads). Numba's thread count is per calling thread: other
-    threads are unaffected.
+    After each matrix product the BLAS threads spin for a while, so kernels that
+    wake Numba's threads between products would wait for a core (measured in
+    CHANGELOG.md). The parallel kernels run on one thread with the same tiling,
+    so the same bits as with more threads. Numba's thread count is per calling
+    thread: other threads are unaffected.
     """
     if not isinstance(like, np.ndarray):
         yield

@@ -20,7 +20,8 @@ class Sequential:
     Parameters
     ----------
     layers : sequence of layers
-        ``Linear``, ``BatchNorm``, ``Tanh``, ``ReLU`` (numbabn.hf).
+        ``Linear``, ``BatchNorm``, ``Tanh``, ``ReLU`` (numbabn.hf), or any object
+        with the maps of :class:`numbabn.hf.layers.Layer`.
     loss : {"cross_entropy", "mse"}
         Batch mean of softmax cross-entropy (integer labels), or
         ``0.5 * mean over the batch of the summed squared error``.
@@ -68,13 +69,13 @@ class Sequential:
         """Release the work arrays kept between calls (this thread's)."""
         self._workspace.clear()
 
-    # --- parameters -----------------------------------------------------------------
+    # --- parameters -------------------------------------------------------------------
     def init(self, seed: int = 0) -> np.ndarray:
         """Initial parameters (torch-like uniform Linear weights, gamma 1, beta 0)."""
         rng = np.random.default_rng(seed)
         return np.concatenate([p.ravel() for layer in self.layers for p in layer.init(rng)])
 
-    def _unflatten(self, theta: Any, name: str = "theta") -> list[list[Any]]:
+    def split_parameters(self, theta: Any, name: str = "theta") -> list[list[Any]]:
         """Per-layer views of a flat parameter-shaped vector (``name`` for errors)."""
         if theta.shape != (self.size,):
             raise ValueError(f"{name} has shape {theta.shape}; expected ({self.size},)")
@@ -89,29 +90,35 @@ class Sequential:
         return out
 
     @staticmethod
-    def _flatten(grads: Sequence[Sequence[Any]], xp) -> Any:
+    def join_parameters(grads: Sequence[Sequence[Any]], xp) -> Any:
+        """One flat vector from per-layer arrays (the inverse of split_parameters)."""
         return xp.concatenate([xp.ravel(g) for layer in grads for g in layer])
 
-    # --- passes -----------------------------------------------------------------------
-    def _prepare(self, theta, X, *more):
+    # --- passes: the interface that CurvatureOperator builds on ----------------------
+    # ``params`` is the per-layer list from split_parameters, ``ws`` one Scratch
+    # per layer, ``caches`` what forward_pass kept for the other passes.
+    def as_float64(self, theta, X, *more):
+        """``(xp, X, [theta, *more])``: the namespace of X, and every array as float64 in it."""
         xp = _xp(X)
         X = xp.asarray(X, dtype=xp.float64)
         return xp, X, [xp.asarray(a, dtype=xp.float64) for a in (theta, *more)]
 
-    def _forward(self, params, X, ws):
+    def forward_pass(self, params, X, ws):
+        """``(output, caches)``: the network's output, and each layer's cache."""
         caches, a = [], X
         for layer, p, scratch in zip(self.layers, params, ws, strict=True):
             a, cache = layer.forward(p, a, ws=scratch)
             caches.append(cache)
         return a, caches
 
-    def _backward(self, params, caches, g, ws):
+    def backward_pass(self, params, caches, g, ws):
+        """Per-layer parameter gradients for the output gradient ``g``."""
         grads = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
             g, grads[k] = self.layers[k].backward(params[k], caches[k], g, ws=ws[k])
         return grads
 
-    def _tangents(self, params, dparams, caches, ws):
+    def tangent_pass(self, params, dparams, caches, ws):
         """Forward tangents (J v): the input tangent of every layer and the output
         tangent. The network input is data: its tangent is None (zero)."""
         inputs, da = [], None
@@ -123,6 +130,7 @@ class Sequential:
         return inputs, da
 
     def _scratches(self):
+        """This thread's work arrays, one Scratch per layer."""
         return self._workspace.scratches(len(self.layers))
 
     def predict(self, theta: Any, X: Any) -> Any:
@@ -130,8 +138,8 @@ class Sequential:
         return self._predict(theta, X).copy()  # a work array: the caller gets its own
 
     def _predict(self, theta: Any, X: Any) -> Any:
-        xp, X, (theta,) = self._prepare(theta, X)
-        return self._forward(self._unflatten(theta), X, self._scratches())[0]
+        xp, X, (theta,) = self.as_float64(theta, X)
+        return self.forward_pass(self.split_parameters(theta), X, self._scratches())[0]
 
     def loss(self, theta: Any, X: Any, y: Any) -> float:
         """The loss on the batch (X, y)."""
@@ -139,11 +147,11 @@ class Sequential:
 
     def grad(self, theta: Any, X: Any, y: Any) -> Any:
         """Gradient of the loss w.r.t. theta."""
-        xp, X, (theta,) = self._prepare(theta, X)
-        params, ws = self._unflatten(theta), self._scratches()
-        z, caches = self._forward(params, X, ws)
+        xp, X, (theta,) = self.as_float64(theta, X)
+        params, ws = self.split_parameters(theta), self._scratches()
+        z, caches = self.forward_pass(params, X, ws)
         g = self.criterion.gradient(z, y)
-        return self._flatten(self._backward(params, caches, g, ws), xp)
+        return self.join_parameters(self.backward_pass(params, caches, g, ws), xp)
 
     def ggnvp(self, theta: Any, X: Any, y: Any, v: Any) -> Any:
         """Generalised Gauss-Newton-vector product ``Jᵀ H_loss J v`` (Schraudolph 2002)."""

@@ -35,7 +35,7 @@ _affine = _scalar(f.affine_value)
 
 #: Fewest channels in a block for which the rows-layout reduction adds up four
 #: rows per pass (:func:`_wide_rows_moments`): narrower blocks keep their
-#: accumulators in L1 and go faster row by row. Measured crossover: 512.
+#: accumulators in L1 and go faster row by row (the measured crossover).
 WIDE_BLOCK = 512
 
 #: Elements of x (rows x channel block) in one tile of :func:`_rows_moments`:
@@ -44,9 +44,8 @@ WIDE_BLOCK = 512
 DIRECTION_TILE_ELEMENTS = 16384
 
 #: Serial twins of the parallel kernels, by name: the same code compiled without
-#: threads, for arrays too small to repay waking the thread pool (each parallel
-#: region costs tens of microseconds). Results do not depend on the thread
-#: count either way: the tiling is the same.
+#: threads, for arrays too small to repay starting a parallel region. Results
+#: do not depend on the thread count either way: the tiling is the same.
 serial = {}
 
 
@@ -128,9 +127,9 @@ def _rows_shifted_sums(x, shift, lo, hi, c0, c1, acc):
     """shifted_sums on rows [lo, hi) x channels [c0, c1) of the (pre, C) layout.
 
     Blocks of at least ``WIDE_BLOCK`` channels take four rows per pass while
-    four remain (1.4-1.7x faster on (4096, 1024) and (256, 4096)); the rest go
-    row by row (x - shift has no zero factor to pad with). The loops index 1-D
-    slices from 0 (see :func:`_four_rows`).
+    four remain (faster on wide rows); the rest go row by row (x - shift has no
+    zero factor to pad with). The loops index 1-D slices from 0 (see
+    :func:`_four_rows`).
     """
     shift_b, a_1, a_2 = shift[c0:c1], acc[0, c0:c1], acc[1, c0:c1]
     rest = lo
@@ -188,12 +187,11 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     given) in their own loop, then each direction in turn, row by row, with
     one loop for the sums of dz, u and w (the direction-independent ones ride
     along with direction 0) and one for those of h*u. Loops updating at most
-    about five accumulators vectorise; one loop over all ten ran hvp's
-    reduction up to twice as slow.
+    about five accumulators vectorise; one loop over all ten is much slower.
 
     The loops index 1-D slices of the channel block from 0: Numba then knows
     the indices are non-negative, skips the wraparound handling and the loops
-    vectorise (twice as fast as indexing ``[c0, c1)`` directly).
+    vectorise, which indexing ``[c0, c1)`` directly prevents.
     """
     mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
     a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
@@ -268,14 +266,12 @@ def _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc)
 
     Rows go four at a time (see :func:`_four_rows`): each accumulator is then
     loaded and stored once per four rows instead of once per row. The loops
-    are those of :func:`_rows_moments`. On (4096, 1024) the reduction ran
-    1.3x (float64) to 1.7x (float32) faster than row by row; on 256 channels
-    it ran 1.6x slower, hence two versions.
+    are those of :func:`_rows_moments`. Four rows a pass win on wide channel
+    blocks and lose on narrow ones, hence two versions.
 
     With both u and w (rop_backward), w's sums get a loop of their own: seven
-    accumulators in one loop ran that reduction 2x (float64) to 3.5x
-    (float32) slower on (4096, 1024) and (256, 4096). Row by row on 256
-    channels, the split ran 0-20% slower, so :func:`_rows_moments` keeps one loop.
+    accumulators in one loop no longer vectorise well on wide rows, while on
+    narrow rows the split loses, so :func:`_rows_moments` keeps one loop.
     """
     n = c1 - c0
     mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
@@ -483,8 +479,8 @@ def _coefficients_kernel(terms):
     """:func:`_coefficients_of_terms` compiled with ``TERMS = terms`` as a constant.
 
     The tests on the terms then fold away at compile time and the loop over
-    channels vectorises: 4-8x faster than one kernel that tests ``terms`` per
-    channel (38 -> 5 ns a channel at C = 4096), with bitwise equal results.
+    channels vectorises, with bitwise the results of one kernel that tests
+    ``terms`` per channel.
     """
     return _scalar(_copy(_coefficients_of_terms, str(terms), TERMS=terms))
 
@@ -538,8 +534,8 @@ def _rows_apply(x, mean, dz, h, u, w, coef, out, v, i):
     """apply_affine on row ``i`` of direction ``v`` of the (pre, C) layout.
 
     The expression of ``formulas.affine_value``, with each coefficient's row
-    taken as a 1-D slice first: the loop then vectorises (about 20% faster
-    than indexing ``coef[v, k, c]`` per element).
+    taken as a 1-D slice first: the loop then vectorises, which indexing
+    ``coef[v, k, c]`` per element prevents.
     """
     x_row, o_row = x[i], out[v, i]
     k_x, k_1, k_u, k_w = coef[v, f.K_X], coef[v, f.K_1], coef[v, f.K_U], coef[v, f.K_W]

@@ -1,6 +1,6 @@
 """Per-channel scalar math shared by the CPU and CUDA kernels.
 
-Every operation of numbabn is *reduce, then apply* (DESIGN.md §2):
+Every operation of numbabn is *reduce, then apply* (docs/design.md):
 
 1. a reduction pass accumulates per-channel sums into the slots ``S_*`` below;
 2. :func:`channel_coefficients` turns one channel's sums into the affine
@@ -61,6 +61,7 @@ def filled_sum_slots(dz: bool, h: bool, u: bool, w: bool) -> tuple[list[int], li
                 (once if slot in DIRECTION_INDEPENDENT_SLOTS else per_direction).append(slot)
     return once, per_direction
 
+
 # --- coefficient slots (axis 1 of the ``coef`` array, shape (V, N_COEF, C)) -------
 K_U = 0
 K_W = 1
@@ -113,39 +114,42 @@ def channel_coefficients(terms, sums, v, c, g, s, m, ug, ub, coef):
     kh_1 = 0.0
     p_gamma = 0.0
     p_beta = 0.0
-    if terms & TERM_PROJ_U:
+    if terms & TERM_PROJ_U:  # gamma*s*(u - mean(u) - xhat*mean(xhat*u))
         k_u += gs
         k_x -= gs * sums[v, S_XU, c] * inv_m
         k_1 -= gs * sums[v, S_U, c] * inv_m
-    if terms & TERM_PARAM:
+    if terms & TERM_PARAM:  # u_gamma*xhat + u_beta
         k_x += ug
         k_1 += ub
-    if terms & TERM_PROJ_W:
+    if terms & TERM_PROJ_W:  # gamma*s*(w - mean(w) - xhat*mean(xhat*w)); sum xhat*w, sum w
         k_w += gs
         k_x -= gs * sums[v, S_XW, c] * inv_m
         k_1 -= gs * sums[v, S_W, c] * inv_m
         p_gamma += sums[v, S_XW, c]
         p_beta += sums[v, S_W, c]
-    if terms & TERM_UG_PROJ_DZ:
+    if terms & TERM_UG_PROJ_DZ:  # u_gamma*s*(dz - mean(dz) - xhat*mean(xhat*dz))
         ugs = ug * s
         k_dz += ugs
         k_x -= ugs * sums[v, S_XDZ, c] * inv_m
         k_1 -= ugs * sums[v, S_DZ, c] * inv_m
     if terms & TERM_RVP:
-        a = sums[v, S_XU, c]
-        b = sums[v, S_DZ, c]
-        cu = sums[v, S_DZU, c]
-        vu = sums[v, S_U, c]
-        e = sums[v, S_XDZ, c]
+        # R(dz) u = k*(-dz*A + B*A/M - xhat*C + xhat*B*V/M - u*E + E*V/M + 3/M*xhat*A*E)
+        # with A = sum xhat*u, B = sum dz, C = sum dz*u, V = sum u, E = sum xhat*dz
+        sum_xu = sums[v, S_XU, c]
+        sum_dz = sums[v, S_DZ, c]
+        sum_dzu = sums[v, S_DZU, c]
+        sum_u = sums[v, S_U, c]
+        sum_xdz = sums[v, S_XDZ, c]
         k = gs * s * inv_m
-        k_dz -= k * a
-        k_x += k * (-cu + b * vu * inv_m + 3.0 * a * e * inv_m)
-        k_u -= k * e
-        k_1 += k * (b * a + e * vu) * inv_m
-        # sum dz * P(u): the mixed gamma-x second derivative
-        p_gamma += s * (cu - b * vu * inv_m - e * a * inv_m)
+        k_dz -= k * sum_xu
+        k_x += k * (-sum_dzu + sum_dz * sum_u * inv_m + 3.0 * sum_xu * sum_xdz * inv_m)
+        k_u -= k * sum_xdz
+        k_1 += k * (sum_dz * sum_xu + sum_xdz * sum_u) * inv_m
+        # sum dz * P(u) = s*(C - B*V/M - E*A/M): the mixed gamma-x second derivative
+        p_gamma += s * (sum_dzu - sum_dz * sum_u * inv_m - sum_xdz * sum_xu * inv_m)
     if terms & TERM_CURV:
-        # J u = a1*u + b1*xhat + c1 and t = h * J u
+        # gamma*P(t) with t = h * J u and J u = a1*u + b1*xhat + c1: mean(t) and
+        # mean(xhat*t) from the sums of h, h*u, h*xhat, h*xhat*u and h*xhat^2
         a1 = gs
         b1 = -gs * sums[v, S_XU, c] * inv_m
         c1 = -gs * sums[v, S_U, c] * inv_m
