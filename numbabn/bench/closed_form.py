@@ -1,4 +1,4 @@
-"""The closed forms of DESIGN.md §1 written with vectorised NumPy.
+"""The closed forms of docs/design.md §2-3 written with vectorised NumPy.
 
 A readable baseline for the demo and the benchmarks (what a user would write
 without numbabn): every line is a full-size temporary, so it is correct but
