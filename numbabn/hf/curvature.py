@@ -37,6 +37,11 @@ class CurvatureOperator:
         Work arrays, one per layer. By default the operator keeps its own,
         so calls of the network in between never overwrite what it keeps.
 
+    graphs : bool, default True
+        On CuPy inputs, replay the products from a CUDA graph captured on the
+        second product (:mod:`numbabn.hf.graphs`), with eager products where
+        capture is impossible.
+
     Notes
     -----
     Products may be requested from several threads; they run one at a time,
@@ -45,7 +50,14 @@ class CurvatureOperator:
     """
 
     def __init__(
-        self, net, theta: Any, X: Any, y: Any, kind: str = "ggn", scratches: list | None = None
+        self,
+        net,
+        theta: Any,
+        X: Any,
+        y: Any,
+        kind: str = "ggn",
+        scratches: list | None = None,
+        graphs: bool = True,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -59,6 +71,11 @@ class CurvatureOperator:
         self._params, self._y = net.split_parameters(theta), y
         self._z, self._caches = net.forward_pass(self._params, X, self._ws)
         self._gradients = self._output_gradients() if kind == "hessian" else None
+        self._graphed = None
+        if graphs and self._xp.__name__ == "cupy":
+            from .graphs import GraphedProducts
+
+            self._graphed = GraphedProducts(self._product, theta)
 
     def _output_gradients(self) -> list[Any]:
         """The loss gradient at each layer's output, where its R-backward reads
@@ -77,16 +94,24 @@ class CurvatureOperator:
 
     def __call__(self, v: Any) -> Any:
         """The product ``B v``, a new array shaped like theta."""
-        net, xp = self.net, self._xp
+        v = self._xp.asarray(v, dtype=self._xp.float64)
+        self.net.split_parameters(v, "v")  # checks the shape, naming v
+        if self._graphed is not None:
+            return self._graphed(v)
         with self._lock:
-            dparams = net.split_parameters(xp.asarray(v, dtype=xp.float64), "v")
-            inputs, dz = net.tangent_pass(self._params, dparams, self._caches, self._ws)
-            hdz = net.criterion.hessian_vector(self._z, self._y, dz)
-            if self.kind == "ggn":
-                grads = net.backward_pass(self._params, self._caches, hdz, self._ws)
-            else:
-                grads = self._rop_backward(dparams, inputs, hdz)
-            return net.join_parameters(grads, xp)
+            return self._product(v)
+
+    def _product(self, v: Any) -> Any:
+        """``B v`` for a float64 ``v`` of theta's shape and namespace."""
+        net = self.net
+        dparams = net.split_parameters(v, "v")
+        inputs, dz = net.tangent_pass(self._params, dparams, self._caches, self._ws)
+        hdz = net.criterion.hessian_vector(self._z, self._y, dz)
+        if self.kind == "ggn":
+            grads = net.backward_pass(self._params, self._caches, hdz, self._ws)
+        else:
+            grads = self._rop_backward(dparams, inputs, hdz)
+        return net.join_parameters(grads, self._xp)
 
     def _rop_backward(self, dparams, inputs, dg) -> list[Any]:
         """The R-operator of the backward pass, layer by layer, from the output
