@@ -2,7 +2,7 @@
 
 Array-in/array-out functions on NumPy (CPU, Numba ``@njit``) or CUDA arrays
 (Numba ``@cuda.jit``), chosen from the array type. See the README and
-DESIGN.md for the math.
+docs/design.md for the math.
 """
 
 from .curvature import ggnvp, hvp, rop_backward, rvp

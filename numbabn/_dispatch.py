@@ -1,9 +1,8 @@
 """Choose the backend from the array types: NumPy -> CPU, CUDA arrays -> CUDA.
 
-CUDA arrays are objects exposing ``__cuda_array_interface__`` (CuPy, PyTorch
-CUDA tensors, Numba device arrays) or ``__cuda_ndarray__`` (the arrays of
-Numba's CUDA simulator). Backends are created on first use, so importing
-numbabn compiles nothing and never touches CuPy or the CUDA driver.
+Backends are created on first use, so importing numbabn compiles nothing and
+never touches CuPy or the CUDA driver. The kinds of arrays themselves are told
+apart in :mod:`numbabn._arrays`.
 """
 
 from __future__ import annotations
@@ -13,29 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import array_kind, is_cuda_array, is_cupy_array
+
+__all__ = ["BACKENDS", "array_kind", "is_cuda_array", "is_cupy_array", "select_backend"]
+
 BACKENDS = ("auto", "cpu", "cuda")
-
-
-def is_cuda_array(a: Any) -> bool:
-    """True for objects that live on a CUDA device (or in Numba's CUDA simulator)."""
-    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")
-
-
-def is_cupy_array(a: Any) -> bool:
-    """True for CuPy arrays (checked by module name: CuPy need not be imported)."""
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
-def array_kind(name: str, a: Any) -> str:
-    """``"cpu"`` or ``"cuda"`` for an array argument; TypeError for anything else."""
-    if isinstance(a, np.ndarray):
-        return "cpu"
-    if is_cuda_array(a):
-        return "cuda"
-    raise TypeError(
-        f"{name} must be a NumPy array or a CUDA array (CuPy, Numba device array), "
-        f"got {type(a).__name__}"
-    )
 
 
 def select_backend(arrays: dict[str, Any], backend: str = "auto", optional: tuple[str, ...] = ()):
@@ -51,6 +32,8 @@ def select_backend(arrays: dict[str, Any], backend: str = "auto", optional: tupl
     ValueError
         For an unknown ``backend`` name, or one that does not match the arrays.
     """
+    if backend == "auto" and _all_numpy(arrays, optional):
+        return cpu_backend()  # the common case, without building the table of kinds below
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kinds = {
@@ -73,18 +56,28 @@ def select_backend(arrays: dict[str, Any], backend: str = "auto", optional: tupl
             f"backend={backend!r} was requested but the arrays are {where} arrays; "
             "move them first (numbabn never copies between host and device)"
         )
-    return _cpu() if kind == "cpu" else _cuda()
+    return cpu_backend() if kind == "cpu" else cuda_backend()
+
+
+def _all_numpy(arrays: dict[str, Any], optional: tuple[str, ...]) -> bool:
+    """Whether every entry is a NumPy array, or None where ``optional`` allows it."""
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) and (a is not None or name not in optional):
+            return False
+    return True
 
 
 @cache
-def _cpu():
+def cpu_backend():
+    """The CPU backend, created (and its thread pool started) on first use."""
     from ._cpu_backend import CpuBackend
 
     return CpuBackend()
 
 
 @cache
-def _cuda():
+def cuda_backend():
+    """The CUDA backend, created on first use."""
     from ._cuda_backend import CudaBackend
 
     return CudaBackend()

@@ -7,7 +7,7 @@
 * :func:`rop_backward` — the R-operator of the backward pass (Pearlmutter), for
   exact Hessian-vector products of whole networks.
 
-Formulas: DESIGN.md §1 and :mod:`numbabn.kernels.formulas`.
+Formulas: docs/design.md §§1-3 and :mod:`numbabn.kernels.formulas`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._dispatch import is_cuda_array
+from . import _pipeline
+from ._arrays import is_cuda_array
 from ._pipeline import Call
 from .kernels import formulas as f
 from .stats import BatchStats
@@ -69,11 +70,7 @@ def rvp(
     >>> numbabn.rvp(x, np.ones(4), dz, u).shape
     (8, 4)
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u}, comm=comm)
-    dz3 = call.field("dz", dz)
-    u4, n_dir, batched = call.directions("u", u)
-    res, _ = call.run(f.TERM_RVP, n_dir, dz=dz3, u=u4, out=call.output(out, n_dir, batched))
-    return call.shaped(res, batched, out)
+    return _pipeline.execute(_pipeline.RVP, x, gamma, stats, (dz, u), eps, axis, backend, comm, out)
 
 
 def ggnvp(
@@ -107,14 +104,15 @@ def ggnvp(
     array, shape of u, dtype of x
         Positive semi-definite in u whenever Hz is.
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"u": u, **_hz_array(hz)}, comm=comm)
+    if not callable(hz):
+        args = (u, _hz_array(hz))
+        return _pipeline.execute(_pipeline.GGNVP, x, gamma, stats, args, eps, axis, backend, comm,
+                                 out)  # fmt: skip
+    call = Call(x, gamma, stats, eps, axis, backend, {"u": u}, comm=comm)
     u4, n_dir, batched = call.directions("u", u)
     dst = call.output(out, n_dir, batched)
-    if callable(hz):
-        w4 = _curvature_times_jvp(call, hz, u4, n_dir)
-        res, _ = call.run(f.TERM_PROJ_W, n_dir, w=w4, out=dst)
-    else:
-        res, _ = call.run(f.TERM_CURV, n_dir, h=call.field("hz", hz), u=u4, out=dst)
+    w4 = _curvature_times_jvp(call, hz, u4, n_dir)
+    res, _ = call.run(f.TERM_PROJ_W, n_dir, w=w4, out=dst)
     return call.shaped(res, batched, out)
 
 
@@ -146,16 +144,16 @@ def hvp(
     -------
     array, shape of u, dtype of x
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u, **_hz_array(hz)}, comm=comm)
+    if not callable(hz):
+        args = (dz, u, _hz_array(hz))
+        return _pipeline.execute(_pipeline.HVP, x, gamma, stats, args, eps, axis, backend, comm,
+                                 out)  # fmt: skip
+    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz, "u": u}, comm=comm)
     dz3 = call.field("dz", dz)
     u4, n_dir, batched = call.directions("u", u)
     dst = call.output(out, n_dir, batched)
-    if callable(hz):
-        w4 = _curvature_times_jvp(call, hz, u4, n_dir)
-        res, _ = call.run(f.TERM_RVP | f.TERM_PROJ_W, n_dir, dz=dz3, u=u4, w=w4, out=dst)
-    else:
-        h3 = call.field("hz", hz)
-        res, _ = call.run(f.TERM_RVP | f.TERM_CURV, n_dir, dz=dz3, h=h3, u=u4, out=dst)
+    w4 = _curvature_times_jvp(call, hz, u4, n_dir)
+    res, _ = call.run(f.TERM_RVP | f.TERM_PROJ_W, n_dir, dz=dz3, u=u4, w=w4, out=dst)
     return call.shaped(res, batched, out)
 
 
@@ -198,33 +196,20 @@ def rop_backward(
     dx_dot : array, shape of u
     dgamma_dot, dbeta_dot : array, shape (C,) or (V, C)
     """
-    arrays = {"dz": dz, "dz_dot": dz_dot, "u": u, "u_gamma": u_gamma}
-    call = Call(x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma",), comm=comm)
-    dz3 = call.field("dz", dz)
-    u4, n_dir, batched = call.directions("u", u)
-    w4, n_dir_w, batched_w = call.directions("dz_dot", dz_dot)
-    if (n_dir_w, batched_w) != (n_dir, batched):
-        raise ValueError(
-            f"dz_dot has shape {tuple(dz_dot.shape)} but u has shape {tuple(u.shape)}; "
-            "they must carry the same directions"
-        )
-    ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
-    terms = f.TERM_RVP | f.TERM_PROJ_W | (f.TERM_UG_PROJ_DZ if ug is not None else 0)
-    dst = call.output(out, n_dir, batched)
-    res, coef = call.run(terms, n_dir, dz=dz3, u=u4, w=w4, ug=ug, out=dst)
-    return (call.shaped(res, batched, out), *call.parameter_outputs(coef, batched))
+    args = (dz, u, dz_dot, u_gamma)
+    return _pipeline.execute(
+        _pipeline.ROP_BACKWARD, x, gamma, stats, args, eps, axis, backend, comm, out
+    )
 
 
-def _hz_array(hz: Curvature) -> dict[str, Any]:
-    """``{"hz": hz}`` when hz is an array argument (dispatch and dtype checks)."""
-    if callable(hz):
-        return {}
+def _hz_array(hz: Curvature) -> Any:
+    """``hz`` when it is an array argument (a diagonal curvature); TypeError otherwise."""
     if not (isinstance(hz, np.ndarray) or is_cuda_array(hz)):
         raise TypeError(
             f"hz must be an array shaped like x (a diagonal curvature) or a callable "
             f"t -> Hz t, got {type(hz).__name__}"
         )
-    return {"hz": hz}
+    return hz
 
 
 def _curvature_times_jvp(call: Call, hz: Callable, u4, n_dir: int):

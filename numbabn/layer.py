@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._pipeline import Call
-from .kernels import formulas as f
+from . import _pipeline
 from .stats import BatchStats
 
 
@@ -62,11 +61,7 @@ def forward(
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    call = Call(x, gamma, None, eps, axis, backend, {"beta": beta}, comm=comm)
-    ub = call.channel_tangent("beta", beta, 1, False)
-    ug = call.channel_tangent("gamma", gamma, 1, False)
-    res, _ = call.run(f.TERM_PARAM, 1, ug=ug, ub=ub, out=call.output(out, 1, False))
-    return call.shaped(res, False, out), call.stats
+    return _pipeline.forward(x, gamma, beta, eps, axis, backend, comm, out)
 
 
 def jvp(
@@ -112,16 +107,8 @@ def jvp(
     -------
     array, shape of u, dtype of x
     """
-    arrays = {"u": u, "u_gamma": u_gamma, "u_beta": u_beta}
-    call = Call(
-        x, gamma, stats, eps, axis, backend, arrays, optional=("u_gamma", "u_beta"), comm=comm
-    )
-    u4, n_dir, batched = call.directions("u", u)
-    ug = call.channel_tangent("u_gamma", u_gamma, n_dir, batched)
-    ub = call.channel_tangent("u_beta", u_beta, n_dir, batched)
-    terms = f.TERM_PROJ_U | (f.TERM_PARAM if ug is not None or ub is not None else 0)
-    res, _ = call.run(terms, n_dir, u=u4, ug=ug, ub=ub, out=call.output(out, n_dir, batched))
-    return call.shaped(res, batched, out)
+    args = (u, u_gamma, u_beta)
+    return _pipeline.execute(_pipeline.JVP, x, gamma, stats, args, eps, axis, backend, comm, out)
 
 
 def vjp(
@@ -154,7 +141,4 @@ def vjp(
     dgamma, dbeta : array, shape (C,) or (V, C)
         ``sum(dz * xhat)`` and ``sum(dz)`` over the reduced axes.
     """
-    call = Call(x, gamma, stats, eps, axis, backend, {"dz": dz}, comm=comm)
-    w4, n_dir, batched = call.directions("dz", dz)
-    res, coef = call.run(f.TERM_PROJ_W, n_dir, w=w4, out=call.output(out, n_dir, batched))
-    return (call.shaped(res, batched, out), *call.parameter_outputs(coef, batched))
+    return _pipeline.execute(_pipeline.VJP, x, gamma, stats, (dz,), eps, axis, backend, comm, out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from ._dispatch import select_backend
 from ._layout import canonical_dims
 from ._sharding import check_comm, global_mean, reduce_stats_pass
-from ._validation import normalize_axis, normalize_eps, require_float_dtype
+from ._validation import dtype_of, normalize_axis, normalize_eps, require_float_dtype
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +44,9 @@ class BatchStats:
     axis: int
     shape: tuple[int, ...]
     comm: Any = None
+    #: ``(backend, mean, invstd)`` as that backend's kernels take them, once the
+    #: statistics were checked against a batch: later calls skip the checks.
+    _prepared: Any = field(default=None, init=False, repr=False)
 
     @property
     def channels(self) -> int:
@@ -100,26 +103,31 @@ def batch_stats(
     (array([4.5, 6.5]), 6)
     """
     be = select_backend({"x": x}, backend)
-    x3, dims = canonical_batch(be, x, axis)
-    return stats_of_canonical(be, x, x3, dims, eps, axis, comm)
+    x3, dims, axis = canonical_batch(be, x, axis)
+    return stats_of_canonical(be, x, x3, dims, normalize_eps(eps), axis, check_comm(comm))[0]
 
 
-def stats_of_canonical(be, x: Any, x3: Any, dims, eps: Any, axis: Any, comm: Any) -> BatchStats:
-    """:func:`batch_stats` of a batch already validated and in canonical layout ``x3``."""
-    eps = normalize_eps(eps)
-    comm = check_comm(comm)
-    pre, _, post = dims
+def stats_of_canonical(
+    be, x: Any, x3: Any, dims, eps: float, axis: int, comm: Any, forward: Any = None
+) -> tuple[BatchStats, Any]:
+    """:func:`batch_stats` of a batch already validated and in canonical layout ``x3``,
+    with ``eps`` and ``comm`` checked and ``axis`` non-negative.
+
+    ``forward``, when given, is ``(gamma, beta)`` in the backend's form: a backend
+    may then return the forward pass's coefficients along with the statistics
+    (else None). Returns ``(stats, coefficients)``.
+    """
+    pre, n_ch, post = dims
     count = pre * post
+    coef = None
     if comm is None:
-        # One pass about a sample of each channel (its first element).
-        shift = be.first_elements(x3)
-        sums = be.shifted_sums(x3, shift)
+        mean, var, invstd, coef = be.batch_stats(x3, count, eps, forward)
     else:
         # Ranks need a common shift: the global mean of a pass about zero.
-        zero = be.from_host(np.zeros(dims[1]))
+        zero = be.from_host(np.zeros(n_ch))
         shift, count = global_mean(comm, be, be.shifted_sums(x3, zero), count)
         sums = reduce_stats_pass(comm, be, be.shifted_sums(x3, shift))
-    mean, var, invstd = be.finish_stats(shift, sums, count, eps)
+        mean, var, invstd = be.finish_stats(x3, shift, sums, count, eps)
     if eps == 0.0:
         zero = np.flatnonzero(be.to_host(var) == 0.0)
         if zero.size:
@@ -127,24 +135,40 @@ def stats_of_canonical(be, x: Any, x3: Any, dims, eps: Any, axis: Any, comm: Any
                 f"x has zero variance in channel(s) {zero[:10].tolist()} and eps=0, so invstd "
                 "would be infinite; use eps > 0"
             )
-    return BatchStats(
-        mean=be.wrap(be.freeze(mean), x),
-        var=be.wrap(be.freeze(var), x),
-        invstd=be.wrap(be.freeze(invstd), x),
+    freeze, wrap = be.freeze, be.wrap
+    stats = _new_stats(
+        mean=wrap(freeze(mean), x),
+        var=wrap(freeze(var), x),
+        invstd=wrap(freeze(invstd), x),
         count=count,
         eps=eps,
-        axis=normalize_axis(axis, x.ndim),
+        axis=axis,
         shape=tuple(x.shape),
         comm=comm,
+        _prepared=(be, be.stat_arg(mean), be.stat_arg(invstd)),
     )
+    return stats, coef
+
+
+def _new_stats(**fields: Any) -> BatchStats:
+    """A :class:`BatchStats` with every field given, ``_prepared`` included.
+
+    The statistics are made on every forward pass, so this fills the frozen
+    instance directly instead of through the generated ``__init__``, whose
+    per-field ``object.__setattr__`` calls cost more than the small kernels.
+    """
+    stats = object.__new__(BatchStats)
+    stats.__dict__.update(fields)
+    return stats
 
 
 def canonical_batch(be, x: Any, axis: Any):
-    """Validate a batch ``x`` and return its canonical (pre, C, post) view and dims."""
-    require_float_dtype("x", x.dtype)
+    """Validate a batch ``x``; return its canonical (pre, C, post) view, the dims and
+    the non-negative axis."""
+    require_float_dtype("x", dtype_of(x))
     if x.ndim < 2:
         raise ValueError(
-            f"x must have at least 2 dimensions (batch and channel), got shape {x.shape}"
+            f"x must have at least 2 dimensions (batch and channel), got shape {tuple(x.shape)}"
         )
     axis = normalize_axis(axis, x.ndim)
     dims = canonical_dims(tuple(x.shape), axis)
@@ -155,4 +179,4 @@ def canonical_batch(be, x: Any, axis: Any):
         raise ValueError(
             f"x has an empty batch: shape {tuple(x.shape)} leaves no elements per channel"
         )
-    return be.contiguous(x, dims), dims
+    return be.view(x, be.kernel_shape(dims)), dims, axis

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._dispatch import is_cupy_array
+from .._arrays import is_cupy_array
 
 
 def _xp(a: Any):

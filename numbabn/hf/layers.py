@@ -253,9 +253,9 @@ def _one_thread(like: Any):
         return
     import numba
 
-    from .._dispatch import _cpu
+    from .._dispatch import cpu_backend
 
-    _cpu()  # start numbabn's thread pool (its layer and spin count) before Numba's default
+    cpu_backend()  # start numbabn's thread pool (its layer and spin count) before Numba's default
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

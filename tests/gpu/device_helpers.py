@@ -6,7 +6,7 @@ import numpy as np
 from numba import cuda
 
 import numbabn
-from numbabn._dispatch import is_cuda_array
+from numbabn._arrays import is_cuda_array
 
 from cases import relative_error
 
