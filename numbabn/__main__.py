@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--quick", action="store_true", help="two shapes, no V=16 rows")
     bench.add_argument(
+        "--extras", nargs="*", default=[], choices=["torch", "backpack"],
+        help="also numbabn.torch in a network HVP, BackPACK's HMP through BatchNorm",
+    )  # fmt: skip
+    bench.add_argument(
         "--backend", choices=["cpu", "cuda"], default="cpu",
         help="cuda: CuPy arrays on the GPU against its own floor, torch and JAX there",
     )  # fmt: skip
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .bench.cpu import compare
 
-    compare(args.plot or None, args.repeats, args.quick, args.markdown or None)
+    compare(args.plot or None, args.repeats, args.quick, args.markdown or None, tuple(args.extras))
     return 0
 
 

@@ -87,11 +87,17 @@ def compare(
     repeats: int = 5,
     quick: bool = False,
     markdown: str | None = None,
+    extras: tuple[str, ...] = (),
 ) -> None:
-    """Print the efficiency, peer and network tables; save the plot and the Markdown."""
+    """Print the fixed-cost, efficiency, peer and network tables, then those of
+    ``extras`` ("torch": numbabn.torch in a network HVP; "backpack": BackPACK's
+    residual and HMP pass); save the plot and the Markdown."""
     import numba
 
+    from . import fixed_cost
+
     report = Report("numbabn performance on the CPU")
+    report.show(fixed_cost.table(fixed_cost.rows()))
     cases = CASES[:2] if quick else CASES
     eff = efficiency_table(cases, repeats=repeats, n_dir=0 if quick else 16)
     table = Table(
@@ -120,12 +126,29 @@ def compare(
     for line in network_lines(repeats):
         table.add(line)
     report.show(table)
+    for extra in extras:
+        for extra_table in EXTRAS[extra](quick, repeats):
+            report.show(extra_table)
     if plot_path:
         scaling_plot(plot_path, names, repeats)
         print(f"plot: {plot_path}")
     if markdown:
         report.write_markdown(markdown, _machine_line())
         print(f"tables: {markdown}")
+
+
+def _backpack_tables(quick: bool, repeats: int) -> list[Table]:
+    from . import backpack_residual as b
+
+    shapes = b.SMALL_RESIDUAL_SHAPES if quick else b.RESIDUAL_SHAPES
+    return [
+        b.residual_table(b.residual_rows(shapes, repeats=repeats)),
+        b.pass_table(b.hmp_pass_rows(quick, repeats=max(3, repeats // 2))),
+    ]
+
+
+#: Optional sections of the report, by name: (quick, repeats) -> tables.
+EXTRAS = {"backpack": _backpack_tables}
 
 
 def _machine_line() -> str:

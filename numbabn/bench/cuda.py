@@ -124,6 +124,9 @@ def compare(repeats: int = 20, markdown: str | None = None) -> None:
     props = cupy.cuda.runtime.getDeviceProperties(0)
     gpu = props["name"].decode()
     report = Report(f"numbabn performance on the GPU ({gpu})")
+    from . import cuda_calls
+
+    report.show(cuda_calls.table(cuda_calls.rows(dtypes=(np.float32, np.float64), repeats=repeats)))
     table = Table(
         f"numbabn (CUDA) vs the GPU's memory-traffic floor; synchronised calls, medians of "
         f"{repeats} (statistics given, out= given)",
