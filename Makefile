@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 ASV := ../$(PY) -m asv
 
-.PHONY: install test demo bench bench-compare asv-smoke lint clean
+.PHONY: install test demo bench bench-compare gpu-check asv-smoke lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m numbabn bench --plot docs/bench.png --markdown docs/performance.md
+
+# On a lent GPU machine, with its own Python and packages and no network (wheels
+# it lacks, such as a NumPy its numba-cuda imports with, go in .whl/): the CUDA
+# tests on the device, then the GPU tables written to $(OUT)/gpu_performance.md.
+OUT ?= docs
+GPU_ENV := PYTHONPATH=/tmp/numbabn-site:$(CURDIR) NUMBA_CACHE_DIR=/tmp/numbabn-cache
+gpu-check:
+	if ls .whl/*.whl > /dev/null 2>&1; then \
+	  python3 -m pip install --quiet --no-index --no-deps --target /tmp/numbabn-site .whl/*.whl; fi
+	$(GPU_ENV) python3 -m pytest -p no:cacheprovider -q tests/gpu tests/test_cuda_compile.py
+	$(GPU_ENV) python3 -m numbabn bench --backend cuda --markdown $(OUT)/gpu_performance.md
 
 # The layer demo (checks against the NumPy closed form), then Hessian-free
 # training on digits (fails below 0.95 test accuracy).
