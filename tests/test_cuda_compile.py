@@ -86,7 +86,7 @@ def launches():
     be.from_host = lambda a: be.view(HostDeviceArray(np.array(a)), a.shape)
     be.to_host = lambda a: (a.view() if type(a) is backend.DeviceArg else a).host
     mp = pytest.MonkeyPatch()
-    mp.setattr(_dispatch, "_cuda", lambda: be)
+    mp.setattr(_dispatch, "cuda_backend", lambda: be)
     try:
         for shape, axis in (((6, 4), 1), ((3, 4, 5), 1), ((2, 3, 2, 4), -1)):
             for dtype in (np.float32, np.float64):

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import numbabn
 from numbabn.stats import BatchStats
 
-from ._arrays import as_array, as_tensor
+from ..torch._arrays import as_array, as_tensor
 
 #: The channel axis of every torch BatchNorm input.
 CHANNEL_AXIS = 1

@@ -147,8 +147,14 @@ def _backpack_tables(quick: bool, repeats: int) -> list[Table]:
     ]
 
 
+def _torch_tables(quick: bool, repeats: int) -> list[Table]:
+    from . import torch_net
+
+    return torch_net.tables(small=quick, repeats=max(repeats, 7))
+
+
 #: Optional sections of the report, by name: (quick, repeats) -> tables.
-EXTRAS = {"backpack": _backpack_tables}
+EXTRAS = {"torch": _torch_tables, "backpack": _backpack_tables}
 
 
 def _machine_line() -> str:
