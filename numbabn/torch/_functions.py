@@ -1,5 +1,5 @@
 """The autograd leaves: each runs one numbabn kernel forward, and each derivative a
-leaf asks for is again one of these leaves (DESIGN.md §5), so that reverse mode,
+leaf asks for is again one of these leaves (docs/design.md §8), so that reverse mode,
 forward mode and vmap compose to second order with numbabn's kernels at every level.
 
 ====================  ===========================  =====================================
