@@ -188,3 +188,21 @@ def dense_products(x, gamma, eps, axis, dz, u, hz):
     ggn = np.einsum("ndme,nd->me", jac, h2 * ju)
     res = np.einsum("nd,ndmekf,kf->me", dz2, hess, u2)
     return {"jvp": back(ju), "rvp": back(res), "ggnvp": back(ggn), "hvp": back(ggn + res)}
+
+
+def slot_sum(slot: int, xhat, arrays: dict, v: int):
+    """The per-channel sum (every axis but 1) that moment slot ``slot`` of
+    ``numbabn.kernels.formulas`` holds for direction ``v``, from ``xhat`` and the
+    inputs in ``arrays`` (dz, h: shaped like x; u, w: a leading direction axis)."""
+    from numbabn.kernels import formulas as f
+
+    dz, h = arrays.get("dz"), arrays.get("h")
+    u = arrays["u"][v] if "u" in arrays else None
+    w = arrays["w"][v] if "w" in arrays else None
+    products = {
+        f.S_U: lambda: u, f.S_XU: lambda: xhat * u, f.S_DZ: lambda: dz,
+        f.S_XDZ: lambda: xhat * dz, f.S_DZU: lambda: dz * u, f.S_H: lambda: h,
+        f.S_HX: lambda: h * xhat, f.S_HXX: lambda: h * xhat * xhat, f.S_HU: lambda: h * u,
+        f.S_HXU: lambda: h * xhat * u, f.S_W: lambda: w, f.S_XW: lambda: xhat * w,
+    }  # fmt: skip
+    return products[slot]().sum(axis=tuple(i for i in range(xhat.ndim) if i != 1))

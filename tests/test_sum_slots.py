@@ -7,6 +7,8 @@ import pytest
 from numbabn.kernels import cpu
 from numbabn.kernels import formulas as f
 
+from reference import slot_sum
+
 #: The inputs of each operation's reduction.
 INPUT_SETS = {
     "jvp": ("u",),
@@ -25,21 +27,6 @@ LAYOUTS = {
     "rows": ((23, 6), 2),
     "wide rows": ((9, cpu.WIDE_BLOCK + 3), 1),
 }
-
-
-def numpy_sum(slot: int, xhat, arrays: dict, v: int) -> np.ndarray:
-    """The per-channel sum of slot ``slot`` for direction ``v``, in float64."""
-    dz, h = arrays.get("dz"), arrays.get("h")
-    u = arrays["u"][v] if "u" in arrays else None
-    w = arrays["w"][v] if "w" in arrays else None
-    products = {
-        f.S_U: lambda: u, f.S_XU: lambda: xhat * u, f.S_DZ: lambda: dz,
-        f.S_XDZ: lambda: xhat * dz, f.S_DZU: lambda: dz * u, f.S_H: lambda: h,
-        f.S_HX: lambda: h * xhat, f.S_HXX: lambda: h * xhat * xhat, f.S_HU: lambda: h * u,
-        f.S_HXU: lambda: h * xhat * u, f.S_W: lambda: w, f.S_XW: lambda: xhat * w,
-    }  # fmt: skip
-    reduced = tuple(i for i in range(xhat.ndim) if i != 1)
-    return products[slot]().sum(axis=reduced)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -67,7 +54,7 @@ def test_reduction_fills_the_slots_of_its_inputs(layout, operation):
     for v in range(n_dir):
         for slot in range(f.N_SUMS):
             if slot in once or slot in per_direction:
-                want = numpy_sum(slot, xhat, arrays, v)
+                want = slot_sum(slot, xhat, arrays, v)
                 np.testing.assert_allclose(sums[v, slot], want, rtol=1e-12, atol=1e-11)
             else:
                 assert not sums[v, slot].any(), f"slot {slot} filled without its inputs"

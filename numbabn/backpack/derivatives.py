@@ -78,16 +78,7 @@ class NumbaBatchNormDerivatives(BatchNormNdDerivatives):
         """Accept every configuration (BackPACK's class refuses ``affine=False``)."""
 
     def hessian_is_zero(self, module: _BatchNorm) -> bool:
-        """Whether the layer is affine in its input (running statistics).
-
-        Parameters
-        ----------
-        module : torch.nn.BatchNorm1d, BatchNorm2d or BatchNorm3d
-
-        Returns
-        -------
-        bool
-        """
+        """Whether the layer is affine in its input: it normalises with running statistics."""
         return not uses_batch_stats(module)
 
     # --- first order --------------------------------------------------------------

@@ -23,9 +23,20 @@ Grads = tuple[Tensor, ...]
 
 
 class _ParameterBlocks:
-    """The ``weight`` and ``bias`` products ``mat -> J_pᵀ C_z J_p mat``."""
+    """The ``weight`` and ``bias`` products ``mat -> J_pᵀ C_z J_p mat``.
+
+    Parameters
+    ----------
+    derivatives : NumbaBatchNormDerivatives, optional
+        Shared instances share their cache of batch statistics.
+    """
 
     derivatives: NumbaBatchNormDerivatives
+
+    def __init__(self, derivatives: NumbaBatchNormDerivatives | None = None) -> None:
+        super().__init__(
+            derivatives=derivatives or NumbaBatchNormDerivatives(), params=["weight", "bias"]
+        )
 
     def weight(
         self,
@@ -66,17 +77,7 @@ class HMPBatchNormNd(_ParameterBlocks, HMPBase):
 
     The input step is ``mat -> Jᵀ H_z J mat + R(dz) mat``, the residual term
     fused into the transposed-Jacobian product (one numbabn call).
-
-    Parameters
-    ----------
-    derivatives : NumbaBatchNormDerivatives, optional
-        Shared instances share their cache of batch statistics.
     """
-
-    def __init__(self, derivatives: NumbaBatchNormDerivatives | None = None) -> None:
-        super().__init__(
-            derivatives=derivatives or NumbaBatchNormDerivatives(), params=["weight", "bias"]
-        )
 
     def backpropagate(
         self,
@@ -98,15 +99,4 @@ class HMPBatchNormNd(_ParameterBlocks, HMPBase):
 
 
 class GGNMPBatchNormNd(_ParameterBlocks, GGNMPBase):
-    """Block-diagonal GGN products through BatchNorm1d/2d/3d: ``mat -> Jᵀ G_z J mat``.
-
-    Parameters
-    ----------
-    derivatives : NumbaBatchNormDerivatives, optional
-        Shared instances share their cache of batch statistics.
-    """
-
-    def __init__(self, derivatives: NumbaBatchNormDerivatives | None = None) -> None:
-        super().__init__(
-            derivatives=derivatives or NumbaBatchNormDerivatives(), params=["weight", "bias"]
-        )
+    """Block-diagonal GGN products through BatchNorm1d/2d/3d: ``mat -> Jᵀ G_z J mat``."""

@@ -12,6 +12,7 @@ from numbabn._dispatch import cuda_backend
 from numbabn.kernels import formulas as f
 
 from device_helpers import to_host
+from reference import slot_sum
 
 #: Canonical (pre, C, post) layouts: channels along post (a block per channel), and
 #: channels contiguous (several channels a block), each with several slices.
@@ -23,20 +24,6 @@ COMBINATIONS = [c for c in itertools.product((False, True), repeat=4) if any(c)]
 
 def _label(present) -> str:
     return "+".join(n for n, p in zip(("dz", "h", "u", "w"), present, strict=True) if p)
-
-
-def numpy_sum(slot: int, xhat, arrays: dict, v: int) -> np.ndarray:
-    """The per-channel float64 sum of slot ``slot`` for direction ``v``."""
-    dz, h = arrays.get("dz"), arrays.get("h")
-    u = arrays["u"][v] if "u" in arrays else None
-    w = arrays["w"][v] if "w" in arrays else None
-    products = {
-        f.S_U: lambda: u, f.S_XU: lambda: xhat * u, f.S_DZ: lambda: dz,
-        f.S_XDZ: lambda: xhat * dz, f.S_DZU: lambda: dz * u, f.S_H: lambda: h,
-        f.S_HX: lambda: h * xhat, f.S_HXX: lambda: h * xhat * xhat, f.S_HU: lambda: h * u,
-        f.S_HXU: lambda: h * xhat * u, f.S_W: lambda: w, f.S_XW: lambda: xhat * w,
-    }  # fmt: skip
-    return products[slot]().sum(axis=(0, 2))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -66,7 +53,7 @@ def test_reduction_fills_the_slots_of_its_inputs(layout, present, dtype):
     for v in range(n_dir):
         for slot in range(f.N_SUMS):
             if slot in once or slot in per_direction:
-                want = numpy_sum(slot, xhat, wide, v)
+                want = slot_sum(slot, xhat, wide, v)
                 np.testing.assert_allclose(got[v, slot], want, rtol=1e-12, atol=1e-11,
                                            err_msg=f"slot {slot}, v={v}")  # fmt: skip
             else:
