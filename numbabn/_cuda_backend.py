@@ -263,13 +263,8 @@ class CudaBackend:
         Returns ``(out, params)``: ``out`` (V, pre, C, post) of x's kind and dtype,
         and the (V, C) gamma and beta outputs when the plan asks for them, else None.
         """
-        kind, dtype = x3.kind, x3.dtype
-        pg = pb = None
-        if p.params:
-            pg, pb = (_fresh(kind, p.params_shape, dtype, x3.base, (p.n_dir, p.n_ch))
-                      for _ in range(2))  # fmt: skip
-        if out is None:
-            out = _fresh(kind, p.out_shape, dtype, x3.base)
+        kind = x3.kind
+        out, pg, pb = _outputs(p, x3, out)
         slot = self._slot(kind, x3.base)
         with slot.lock:
             slot.wait_for((x3, mean, invstd, dz, h, u, w, ug, ub, gamma, out))
@@ -292,13 +287,8 @@ class CudaBackend:
                           out):  # fmt: skip
         """:meth:`execute` given the (V, N_SUMS, C) sums (of all ranks, for sharded
         batches): a coefficients launch and the apply launch."""
-        kind, dtype = x3.kind, x3.dtype
-        pg = pb = None
-        if p.params:
-            pg, pb = (_fresh(kind, p.params_shape, dtype, x3.base, (p.n_dir, p.n_ch))
-                      for _ in range(2))  # fmt: skip
-        if out is None:
-            out = _fresh(kind, p.out_shape, dtype, x3.base)
+        kind = x3.kind
+        out, pg, pb = _outputs(p, x3, out)
         coef = _fresh(kind, p.coef_shape, _F64, x3.base)
         slot = self._slot(kind, x3.base)
         with slot.lock:
@@ -506,6 +496,18 @@ def _fresh(kind: _Kind, shape: tuple[int, ...], dtype: np.dtype, like: Any,
     ``kernel_shape``, the same number of elements, when given)."""
     a = kind.empty(shape, dtype, like)
     return DeviceArg(a, 0, kernel_shape or shape, dtype, kind.ptr(a), kind)
+
+
+def _outputs(p, x3, out):
+    """``(out, gamma output, beta output)`` of a call by plan ``p``: ``out`` made when
+    None, the (V, C) parameter outputs only when the plan returns them."""
+    pg = pb = None
+    if p.params:
+        pg, pb = (_fresh(x3.kind, p.params_shape, x3.dtype, x3.base, (p.n_dir, p.n_ch))
+                  for _ in range(2))  # fmt: skip
+    if out is None:
+        out = _fresh(x3.kind, p.out_shape, x3.dtype, x3.base)
+    return out, pg, pb
 
 
 # --- streams -------------------------------------------------------------------------
