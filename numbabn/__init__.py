@@ -5,7 +5,7 @@ Array-in/array-out functions on NumPy (CPU, Numba ``@njit``) or CUDA arrays
 docs/design.md for the math.
 """
 
-from .curvature import ggnvp, hvp, rop_backward, rvp
+from .curvature import ggnvp, hvp, rop_backward, rvp, vjp_backward
 from .layer import forward, jvp, vjp
 from .stats import BatchStats, batch_stats
 
@@ -19,6 +19,7 @@ __all__ = [
     "hvp",
     "ggnvp",
     "rop_backward",
+    "vjp_backward",
 ]
 
 __version__ = "0.1.0"

@@ -195,28 +195,51 @@ class CpuBackend:
         in x's dtype, and the gamma and beta outputs in x's dtype when the plan asks
         for them, else None.
         """
-        if sums is not None:
-            pass
-        elif p.moments is None:
-            sums = p.zeros
-        elif p.moments_serial:
-            sums = p.moments.call(x3, mean, invstd, dz, h, u, w, p.n_dir, p.n_chunks, p.n_blocks)
-        else:
-            with self._serialized():
-                sums = p.moments.call(x3, mean, invstd, dz, h, u, w, p.n_dir, p.n_chunks,
-                                      p.n_blocks)  # fmt: skip
+        if sums is None:
+            sums = self._moment_sums(p, x3, mean, invstd, dz, h, u, w)
         coef = p.coefficients.call(sums, gamma, invstd, float(count), ug, ub)
         if out is None:
             out = np.empty(p.out_shape, p.dtype)
+        self._apply(p, x3, mean, dz, h, u, w, coef, out)
+        return out, _parameter_outputs(p, coef)
+
+    def execute_pair(self, p: _Plan, first_terms: int, x3, mean, invstd, dz, u, ug, ub, gamma,
+                     count):  # fmt: skip
+        """Two operations on the same dz and u with one reduction and one apply pass:
+        ``first_terms`` (whose sums must be among those of plan ``p``, and which
+        takes ``ub``) and the operation of ``p``.
+
+        Returns ``(out, params)``: ``out`` is (2V, pre, C, post) with the first
+        operation's result in ``out[:V]`` and p's in ``out[V:]``; ``params`` as
+        :meth:`execute` returns them for ``p``.
+        """
+        sums = self._moment_sums(p, x3, mean, invstd, dz, None, u, None)
+        first = self._entry(
+            self.kernels._coefficients_kernel(first_terms),
+            ("coefficients", first_terms, ug is None, ub is None),
+            (1, 2, 4, 5),
+        )
+        count = float(count)
+        second = p.coefficients.call(sums, gamma, invstd, count, ug, None)
+        coef = np.concatenate((first.call(sums, gamma, invstd, count, ug, ub), second))
+        out = np.empty((2 * p.n_dir, *p.out_shape[1:]), p.dtype)
+        self._apply(p, x3, mean, dz, None, u, None, coef, out)
+        return out, _parameter_outputs(p, second)
+
+    def _moment_sums(self, p: _Plan, x3, mean, invstd, dz, h, u, w):
+        if p.moments is None:
+            return p.zeros
+        if p.moments_serial:
+            return p.moments.call(x3, mean, invstd, dz, h, u, w, p.n_dir, p.n_chunks, p.n_blocks)
+        with self._serialized():
+            return p.moments.call(x3, mean, invstd, dz, h, u, w, p.n_dir, p.n_chunks, p.n_blocks)
+
+    def _apply(self, p: _Plan, x3, mean, dz, h, u, w, coef, out) -> None:
         if p.apply_serial:
             p.apply.call(x3, mean, dz, h, u, w, coef, out, p.tile_rows)
         else:
             with self._serialized():
                 p.apply.call(x3, mean, dz, h, u, w, coef, out, p.tile_rows)
-        if p.params is None:
-            return out, None
-        v, dtype = p.params, p.dtype
-        return out, (coef[v, f.P_GAMMA].astype(dtype), coef[v, f.P_BETA].astype(dtype))
 
     def execute_from_sums(self, p: _Plan, sums, x3, mean, invstd, dz, h, u, w, ug, ub, gamma,
                           count, out):  # fmt: skip
@@ -294,6 +317,14 @@ class CpuBackend:
         """Mean, variance and invstd from the sums about ``shift`` (x3 unused here)."""
         kernel = self._entry(self.kernels.finish_stats, ("finish_stats",), (0,))
         return kernel.call(shift, sums, float(count), eps)
+
+
+def _parameter_outputs(p: _Plan, coef: np.ndarray):
+    """The gamma and beta outputs in the dtype of x when plan ``p`` asks for them."""
+    if p.params is None:
+        return None
+    v, dtype = p.params, p.dtype
+    return coef[v, f.P_GAMMA].astype(dtype), coef[v, f.P_BETA].astype(dtype)
 
 
 #: Argument positions of the kernels' inputs: passed as read-only views on the

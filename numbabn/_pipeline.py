@@ -49,8 +49,8 @@ class Op(NamedTuple):
         The arguments that may be None.
     terms : int
         The ``formulas.TERM_*`` flags it adds up ...
-    optional_terms : int
-        ... and those it adds when an optional argument is given.
+    optional_terms : tuple of int
+        ... and those each optional argument adds when it is given.
     params : bool
         Whether it returns the gamma and beta outputs.
     """
@@ -59,20 +59,21 @@ class Op(NamedTuple):
     slots: tuple[int, ...]
     optional: tuple[str, ...]
     terms: int
-    optional_terms: int
+    optional_terms: tuple[int, ...]
     params: bool
 
 
 JVP = Op(("u", "u_gamma", "u_beta"), (U, UG, UB), ("u_gamma", "u_beta"),
-         f.TERM_PROJ_U, f.TERM_PARAM, False)  # fmt: skip
-VJP = Op(("dz",), (W,), (), f.TERM_PROJ_W, 0, True)
-RVP = Op(("dz", "u"), (DZ, U), (), f.TERM_RVP, 0, False)
-GGNVP = Op(("u", "hz"), (U, H), (), f.TERM_CURV, 0, False)
-HVP = Op(("dz", "u", "hz"), (DZ, U, H), (), f.TERM_RVP | f.TERM_CURV, 0, False)
-ROP_BACKWARD = Op(("dz", "u", "dz_dot", "u_gamma"), (DZ, U, W, UG), ("u_gamma",),
-                  f.TERM_RVP | f.TERM_PROJ_W, f.TERM_UG_PROJ_DZ, True)  # fmt: skip
+         f.TERM_PROJ_U, (f.TERM_PARAM, f.TERM_PARAM), False)  # fmt: skip
+VJP = Op(("dz",), (W,), (), f.TERM_PROJ_W, (), True)
+RVP = Op(("dz", "u"), (DZ, U), (), f.TERM_RVP, (), False)
+GGNVP = Op(("u", "hz"), (U, H), (), f.TERM_CURV, (), False)
+HVP = Op(("dz", "u", "hz"), (DZ, U, H), (), f.TERM_RVP | f.TERM_CURV, (), False)
+#: An absent dz_dot is zero: its array is neither read nor made.
+ROP_BACKWARD = Op(("dz", "u", "dz_dot", "u_gamma"), (DZ, U, W, UG), ("dz_dot", "u_gamma"),
+                  f.TERM_RVP, (f.TERM_PROJ_W, f.TERM_UG_PROJ_DZ), True)  # fmt: skip
 #: The forward pass: beta is the tangent of beta, gamma that of gamma.
-FORWARD = Op(("beta",), (UB,), (), f.TERM_PARAM, 0, False)
+FORWARD = Op(("beta",), (UB,), (), f.TERM_PARAM, (), False)
 
 
 class Plan(NamedTuple):
@@ -137,6 +138,38 @@ def forward(x, gamma, beta, eps, axis, backend, comm, out):
     if type(axis) is int:
         _remember(_key(FORWARD, x, gamma, None, (beta,), axis), plan)
     return call.shaped(res, False, out), stats
+
+
+def vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, comm):
+    """``(J[a, a_gamma, a_beta], *H<dz, z>(a, a_gamma))``; see :func:`numbabn.vjp_backward`.
+
+    Both are affine in the same per-channel sums of dz and a, so a backend with
+    ``execute_pair`` (the CPU) reduces once and writes both in one apply pass;
+    otherwise, and for sharded batches, it runs the jvp and the rop_backward.
+    """
+    arrays = {"dz": dz, "a": a, "a_gamma": a_gamma, "a_beta": a_beta}
+    call = Call(x, gamma, stats, eps, axis, backend, arrays, ("a_gamma", "a_beta"), comm)
+    dz3 = call.field("dz", dz)
+    a4, n_dir, batched = call.directions("a", a)
+    ug = call.channel_tangent("a_gamma", a_gamma, n_dir, batched)
+    ub = call.channel_tangent("a_beta", a_beta, n_dir, batched)
+    be = call.be
+    if call.comm is not None or not hasattr(be, "execute_pair"):
+        st = call.stats
+        dz_bar = execute(JVP, x, gamma, st, (a, a_gamma, a_beta), backend=be.name)
+        x_bar, gamma_bar, _ = execute(ROP_BACKWARD, x, gamma, st, (dz, a, None, a_gamma),
+                                      backend=be.name)  # fmt: skip
+        return dz_bar, x_bar, gamma_bar
+    jvp_terms = f.TERM_PROJ_U | (f.TERM_PARAM if ug is not None or ub is not None else 0)
+    rop_terms = f.TERM_RVP | (f.TERM_UG_PROJ_DZ if ug is not None else 0)
+    present = (True, False, True, False, ug is not None, False)
+    bplan = be.plan(rop_terms, call.dims, n_dir, call.dtype, present, True, batched)
+    stats = call.stats
+    out, (gamma_bar, _) = be.execute_pair(bplan, jvp_terms, call.x3, call.mean, call.invstd,
+                                          dz3, a4, ug, ub, call.gamma, stats.count)  # fmt: skip
+    shape = (n_dir, *call.shape) if batched else tuple(call.shape)
+    dz_bar, x_bar = (be.wrap(part.reshape(shape), x) for part in (out[:n_dir], out[n_dir:]))
+    return dz_bar, x_bar, be.wrap(gamma_bar, x)
 
 
 def _forward_apply(plan: Plan, x3, stats: BatchStats, gamma, ug, ub, coef, out):
@@ -216,7 +249,7 @@ def _checked(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out
             continue
         present[slot] = True
         if name in op.optional:
-            terms |= op.optional_terms
+            terms |= op.optional_terms[op.optional.index(name)]
         if slot in _FIELDS:
             slots[slot] = call.field(name, a)
             shapes[-1] = call.be.kernel_shape(call.dims)

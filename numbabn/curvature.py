@@ -6,6 +6,8 @@
 * :func:`hvp` — ``Jᵀ Hz J u + R(dz) u``, the Hessian-vector product w.r.t. x.
 * :func:`rop_backward` — the R-operator of the backward pass (Pearlmutter), for
   exact Hessian-vector products of whole networks.
+* :func:`vjp_backward` — the backward pass of the vjp (double backward): a jvp
+  and a rop_backward from one reduction.
 
 Formulas: docs/design.md §§1-3 and :mod:`numbabn.kernels.formulas`.
 """
@@ -161,7 +163,7 @@ def rop_backward(
     x: Any,
     gamma: Any,
     dz: Any,
-    dz_dot: Any,
+    dz_dot: Any | None,
     u: Any,
     stats: BatchStats | None = None,
     *,
@@ -185,8 +187,11 @@ def rop_backward(
     ----------
     x, gamma, dz, stats, eps, axis, backend, comm, out
         As in :func:`rvp` (``out`` receives dx_dot).
-    dz_dot, u : array, shape of x or (V, *x.shape)
-        Tangents of dz and x; both carry the same directions.
+    dz_dot : array, shape of x or (V, *x.shape), or None
+        Tangent of dz; None means zero, and costs no array (the backward of a
+        vjp, whose cotangents leave dz fixed, passes None).
+    u : array, shape of x or (V, *x.shape)
+        Tangent of x; it carries the same directions as dz_dot.
     u_gamma : array, shape (C,) or (V, C), optional
         Tangent of gamma (zero when omitted). The tangent of beta does not
         enter: z is linear in beta.
@@ -200,6 +205,61 @@ def rop_backward(
     return _pipeline.execute(
         _pipeline.ROP_BACKWARD, x, gamma, stats, args, eps, axis, backend, comm, out
     )
+
+
+def vjp_backward(
+    x: Any,
+    gamma: Any,
+    dz: Any,
+    a: Any,
+    stats: BatchStats | None = None,
+    *,
+    a_gamma: Any = None,
+    a_beta: Any = None,
+    eps: float | None = None,
+    axis: int | None = None,
+    backend: str = "auto",
+    comm: Any = None,
+) -> tuple[Any, Any, Any]:
+    """The backward pass of :func:`numbabn.vjp` (double backward).
+
+    For cotangents ``(a, a_gamma, a_beta)`` of vjp's outputs ``(dx, dgamma,
+    dbeta)``, returns the gradients of ``<a, dx> + <a_gamma, dgamma> + <a_beta,
+    dbeta>`` with respect to dz, x and gamma (beta does not enter):
+
+    ``dz_bar = jvp(x, gamma, a, u_gamma=a_gamma, u_beta=a_beta)``,
+    ``(x_bar, gamma_bar, _) = rop_backward(x, gamma, dz, None, a, u_gamma=a_gamma)``.
+
+    Both are affine in the same per-channel sums, so the CPU backend computes
+    them with one reduction and one apply pass, reading x, dz and a once.
+
+    Parameters
+    ----------
+    x, gamma, dz, stats, eps, axis, backend, comm
+        As in :func:`rvp`.
+    a : array, shape of x or (V, *x.shape)
+        Cotangent of dx (V of them with a leading axis).
+    a_gamma, a_beta : array, shape (C,) or (V, C), optional
+        Cotangents of dgamma and dbeta (zero when omitted).
+
+    Returns
+    -------
+    dz_bar, x_bar : array, shape of a
+    gamma_bar : array, shape (C,) or (V, C)
+
+    Examples
+    --------
+    >>> import numpy as np, numbabn
+    >>> rng = np.random.default_rng(0)
+    >>> x, dz, a = rng.normal(size=(3, 8, 4))
+    >>> g, ag = np.ones(4), rng.normal(size=4)
+    >>> dz_bar, x_bar, g_bar = numbabn.vjp_backward(x, g, dz, a, a_gamma=ag)
+    >>> np.allclose(dz_bar, numbabn.jvp(x, g, a, u_gamma=ag))
+    True
+    >>> np.allclose(x_bar, numbabn.rop_backward(x, g, dz, None, a, u_gamma=ag)[0])
+    True
+    """
+    return _pipeline.vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, comm)
 
 
 def _hz_array(hz: Curvature) -> Any:

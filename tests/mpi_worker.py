@@ -79,6 +79,13 @@ def run_case(shape, axis, dtype, n_dir, comm):
     check("dx_dot", got[0], want[0], dtype, lead=lead)
     check("dgamma_dot", got[1], want[1], dtype, sharded=False)
     check("dbeta_dot", got[2], want[2], dtype, sharded=False)
+    got = numbabn.vjp_backward(x, g, s["dz"], s["u"], st, a_gamma=s["u_gamma"],
+                               a_beta=s["u_beta"])  # fmt: skip
+    want = numbabn.vjp_backward(cx, g, c["dz"], c["u"], st_full, a_gamma=c["u_gamma"],
+                                a_beta=c["u_beta"])  # fmt: skip
+    check("dz_bar", got[0], want[0], dtype, lead=lead)
+    check("x_bar", got[1], want[1], dtype, lead=lead)
+    check("gamma_bar", got[2], want[2], dtype, sharded=False)
 
 
 def main():

@@ -127,6 +127,24 @@ def rop_backward(x, gamma, dz, dz_dot, u, u_gamma, eps, axis):
     return flat[:n].reshape(x.shape), flat[n : n + c], flat[n + c :]
 
 
+def vjp_backward(x, gamma, dz, a, a_gamma, a_beta, eps, axis):
+    """Gradients in (dz, x, gamma) of ``<a, dx> + <a_gamma, dgamma> + <a_beta, dbeta>``,
+    (dx, dgamma, dbeta) the backward pass at dz: reverse mode over reverse mode."""
+    x, gamma, dz, a, a_gamma, a_beta = _f64(x, gamma, dz, a, a_gamma, a_beta)
+    a_gamma = np.zeros_like(gamma) if a_gamma is None else a_gamma
+    a_beta = np.zeros_like(gamma) if a_beta is None else a_beta
+
+    def pairing(dz_, x_, g_):
+        beta = np.zeros_like(gamma)
+        pull, _ = make_vjp(lambda x__, g__, b__: bn(x__, g__, b__, eps, axis), argnum=(0, 1, 2))(
+            x_, g_, beta
+        )
+        dx, dg, db = pull(dz_)
+        return anp.sum(a * dx) + anp.sum(a_gamma * dg) + anp.sum(a_beta * db)
+
+    return tuple(grad(pairing, argnum=i)(dz, x, gamma) for i in range(3))
+
+
 # --- dense tensors ---------------------------------------------------------------------
 def _channel_xhat(x, eps):
     mean = x.mean()

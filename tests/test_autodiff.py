@@ -150,12 +150,14 @@ def test_hvp_and_ggnvp_matrix_curvature(shape, axis, dtype, n_dir):
 @dtypes
 @directions
 @pytest.mark.parametrize("with_u_gamma", [False, True])
-def test_rop_backward(shape, axis, dtype, n_dir, with_u_gamma):
+@pytest.mark.parametrize("with_dz_dot", [False, True])
+def test_rop_backward(shape, axis, dtype, n_dir, with_u_gamma, with_dz_dot):
     c = make_case(shape, axis, dtype, n_dir=n_dir)
     ug = c["u_gamma"] if with_u_gamma else None
-    got = numbabn.rop_backward(
-        c["x"], c["gamma"], c["dz"], c["dz_dot"], c["u"], u_gamma=ug, axis=axis
-    )
+    if not with_dz_dot:  # None is zero
+        c["dz_dot"] = np.zeros_like(c["dz_dot"])
+    dz_dot = c["dz_dot"] if with_dz_dot else None
+    got = numbabn.rop_backward(c["x"], c["gamma"], c["dz"], dz_dot, c["u"], u_gamma=ug, axis=axis)
 
     def one(dz_dot, u, u_gamma):
         return ref.rop_backward(

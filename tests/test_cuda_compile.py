@@ -120,6 +120,8 @@ def _every_call(c: dict, axis: int) -> None:
         numbabn.hvp(x, g, dz, u, lambda t: t, st, **kw)
         numbabn.rop_backward(x, g, dz, dzd, u, st, **kw)
         numbabn.rop_backward(x, g, dz, dzd, u, st, u_gamma=ug, **kw)
+        numbabn.rop_backward(x, g, dz, None, u, st, u_gamma=ug, **kw)
+        numbabn.vjp_backward(x, g, dz, u, st, a_gamma=ug, a_beta=ub, **kw)
     numbabn.forward(x, g, d["beta"], axis=axis, comm=_SingleRank())
 
 

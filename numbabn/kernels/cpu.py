@@ -505,8 +505,10 @@ def apply_affine(x, mean, dz, h, u, w, coef, out, tile_rows):
     ``xc = x - mean`` (``formulas.affine_value``).
 
     Layouts as in :func:`moment_sums`; ``out`` is (V, pre, C, post), or
-    (V, pre, C) for rows, in the input dtype. Every element is written once,
-    so the parallel loop has no race. Tasks are tiles of ``tile_rows`` rows,
+    (V, pre, C) for rows, in the input dtype. ``u`` may carry fewer directions
+    than ``out`` (a divisor of V): direction v then reads ``u[v % len(u)]``, so
+    that two operations on the same u are applied in one pass. Every element
+    is written once, so the parallel loop has no race. Tasks are tiles of ``tile_rows`` rows,
     direction-fastest: the V directions of a tile run back to back while its
     x, dz and h are still in cache, and each writes one contiguous run of out.
     """
@@ -515,14 +517,17 @@ def apply_affine(x, mean, dz, h, u, w, coef, out, tile_rows):
     for task in prange(n_tiles * n_dir):
         tile = task // n_dir
         v = task - tile * n_dir
+        vu = v
+        if u is not None:
+            vu = v % u.shape[0]
         for i in range(tile * tile_rows, min(pre, (tile + 1) * tile_rows)):
             if x.ndim == 2:
-                _rows_apply(x, mean, dz, h, u, w, coef, out, v, i)
+                _rows_apply(x, mean, dz, h, u, w, coef, out, v, vu, i)
             else:
                 for c in range(n_ch):
                     for j in range(x.shape[2]):
                         xc = np.float64(x[i, c, j]) - mean[c]
-                        uv = np.float64(u[v, i, c, j]) if u is not None else 0.0
+                        uv = np.float64(u[vu, i, c, j]) if u is not None else 0.0
                         wv = np.float64(w[v, i, c, j]) if w is not None else 0.0
                         dzv = np.float64(dz[i, c, j]) if dz is not None else 0.0
                         hv = np.float64(h[i, c, j]) if h is not None else 0.0
@@ -530,8 +535,8 @@ def apply_affine(x, mean, dz, h, u, w, coef, out, tile_rows):
 
 
 @_inline
-def _rows_apply(x, mean, dz, h, u, w, coef, out, v, i):
-    """apply_affine on row ``i`` of direction ``v`` of the (pre, C) layout.
+def _rows_apply(x, mean, dz, h, u, w, coef, out, v, vu, i):
+    """apply_affine on row ``i`` of direction ``v`` (of u: ``vu``) of the (pre, C) layout.
 
     The expression of ``formulas.affine_value``, with each coefficient's row
     taken as a 1-D slice first: the loop then vectorises, which indexing
@@ -541,7 +546,7 @@ def _rows_apply(x, mean, dz, h, u, w, coef, out, v, i):
     k_x, k_1, k_u, k_w = coef[v, f.K_X], coef[v, f.K_1], coef[v, f.K_U], coef[v, f.K_W]
     k_dz, kh_u, kh_x, kh_1 = coef[v, f.K_DZ], coef[v, f.KH_U], coef[v, f.KH_X], coef[v, f.KH_1]
     if u is not None:
-        u_row = u[v, i]
+        u_row = u[vu, i]
     if w is not None:
         w_row = w[v, i]
     if dz is not None:

@@ -90,6 +90,23 @@ def test_several_directions_and_rop_backward(shape, axis):
     )
     for g, w, name in zip(got, want, ("dx_dot", "dgamma_dot", "dbeta_dot"), strict=True):
         assert_device_matches(g, w, np.float64, name)
+    got = numbabn.rop_backward(d["x"], d["gamma"], d["dz"], None, d["u"], axis=axis)
+    want = numbabn.rop_backward(c["x"], c["gamma"], c["dz"], None, c["u"], axis=axis)
+    for g, w, name in zip(got, want, ("dx_dot", "dgamma_dot", "dbeta_dot"), strict=True):
+        assert_device_matches(g, w, np.float64, f"{name} without dz_dot")
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3), 1), ((2, 2, 3, 2), -1)])
+@pytest.mark.parametrize("n_dir", [None, 2])
+def test_vjp_backward(shape, axis, n_dir):
+    c = make_case(shape, axis, n_dir=n_dir)
+    d = to_device(c)
+    got = numbabn.vjp_backward(d["x"], d["gamma"], d["dz"], d["u"], a_gamma=d["u_gamma"],
+                               a_beta=d["u_beta"], axis=axis)  # fmt: skip
+    want = numbabn.vjp_backward(c["x"], c["gamma"], c["dz"], c["u"], a_gamma=c["u_gamma"],
+                                a_beta=c["u_beta"], axis=axis)  # fmt: skip
+    for g, w, name in zip(got, want, ("dz_bar", "x_bar", "gamma_bar"), strict=True):
+        assert_device_matches(g, w, np.float64, name)
 
 
 def test_curvature_callable_result_is_cast_to_the_dtype_of_x():
