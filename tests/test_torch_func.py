@@ -1,6 +1,6 @@
 """torch.func transforms through numbabn's BatchNorm, against double backward
 (``torch.autograd.grad`` twice) through torch's BatchNorm: jvp(grad), jvp(jacrev),
-jacfwd(jacrev) (the Hessian), jvp(jvp), and vmap over directions of each; for x,
+jacfwd(jacrev) and jacrev(jacrev) (the Hessian), jvp(jvp), and vmap over directions of each; for x,
 weight and bias of one layer, and for the parameters of a small
 Conv2d-BatchNorm2d-ReLU-Linear net. Also torch.autograd.functional's hvp and vhp
 (the double-backward trick), per-sample vmap, and running statistics inside
@@ -93,15 +93,16 @@ def test_vmap_over_directions_of_jvp_grad_and_jvp_jacrev(which):
 
 
 @pytest.mark.parametrize("which", ARGS)
-def test_hessian_jacfwd_of_jacrev(which):
+def test_hessian_jacfwd_and_jacrev_of_jacrev(which):
     args, _ = _layer_problem((3, 2, 2))
     f, idx, primals, argnums = _restricted_problem(args, which)
     g, _ = _restricted(torch_bn, args, which)
-    got = jacfwd(jacrev(f, argnums=argnums), argnums=argnums)(*primals)
     want = torch.autograd.functional.hessian(g, primals)  # double backward
-    for a in range(len(idx)):
-        for b in range(len(idx)):
-            assert_close(got[a][b], want[a][b], what=f"H[{a}][{b}]")
+    for outer in (jacfwd, jacrev):  # jacrev: vmap over the cotangents of a backward
+        got = outer(jacrev(f, argnums=argnums), argnums=argnums)(*primals)
+        for a in range(len(idx)):
+            for b in range(len(idx)):
+                assert_close(got[a][b], want[a][b], what=f"{outer.__name__} H[{a}][{b}]")
     assert_close(hessian(f, argnums=argnums)(*primals)[0][0], want[0][0], what="hessian")
 
 

@@ -133,7 +133,13 @@ def _leaf_cases():
         "Rop V": (lambda x, w, a: fn.Rop.apply(x, w, stats(x), a, None, us, ugs, spec), dzs),
         "Second": (lambda x, w, a: fn.Second.apply(x, w, stats(x), a, ug, v, vg, spec), u),
         "Second V": (lambda x, w, a: fn.Second.apply(x, w, stats(x), a, ugs, v, None, spec), us),
-    }
+        "TangentAndRop": (
+            lambda x, w, a: fn.TangentAndRop.apply(x, w, stats(x), dz, a, ug, vg, spec), u),
+        "TangentAndRop dz": (
+            lambda x, w, a: fn.TangentAndRop.apply(x, w, stats(x), a, u, ug, vg, spec), dz),
+        "TangentAndRop V": (
+            lambda x, w, a: fn.TangentAndRop.apply(x, w, stats(x), dz, a, ugs, None, spec), us),
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("leaf", list(_leaf_cases()))

@@ -15,10 +15,14 @@ leaf                  value                        derivatives
                                                    (u, ug), ``Second`` (dz); jvp: ``Backward``
                                                    + ``Rop``
 ``Second``            D²z[(u, ug), (v, vg)]        backward: ``Rop``; jvp: ``Second``
+``TangentAndRop``     (J[u, ug, ub],               those of ``Tangent`` and ``Rop``
+                      H<dz, z>(u, ug))             together
 ====================  ===========================  =====================================
 
 H<dz, z> is the Hessian of <dz, z> in (x, gamma); it is symmetric, so ``Rop`` with
-dz_dot = 0 is also its own adjoint. Derivatives of ``Rop`` and ``Second`` with
+dz_dot = 0 is also its own adjoint. ``TangentAndRop`` is ``Backward``'s backward
+when it needs both of its parts: numbabn's ``vjp_backward`` computes them with one
+reduction and one apply pass. Derivatives of ``Rop`` and ``Second`` with
 respect to x and gamma are third derivatives (:mod:`._third`).
 
 Direction arguments may carry a leading axis of V directions sharing x (see
@@ -87,6 +91,9 @@ class Backward(Function):
         x, weight, stats, dz = ctx.saved_tensors
         need = ctx.needs_input_grad
         g_dz = g_x = g_w = None
+        if need[0] and (need[1] or need[2]) and a is not None:
+            g_dz, hx, hw = TangentAndRop.apply(x, weight, stats, dz, a, c, d, ctx.spec)
+            return g_dz, _if(need[1], _fit(hx, x)), _if(need[2], _fit(hw, weight)), None, None
         if need[0] and _any(a, c, d):
             g_dz = Tangent.apply(x, weight, stats, a, c, d, ctx.spec)
         if (need[1] or need[2]) and _any(a, c):
@@ -120,27 +127,15 @@ class Tangent(Function):
     @staticmethod
     def backward(ctx, w):
         x, weight, stats, u, ug, ub = ctx.saved_tensors
-        need = ctx.needs_input_grad
         g = [None] * 7
-        if w is None:
-            return tuple(g)
-        if need[3] or need[4] or need[5]:
-            gu, gug, gub = Backward.apply(w, x, weight, stats, ctx.spec)
-            g[3], g[4], g[5] = (_if(need[i], _fit(t, a)) for i, t, a in
-                                ((3, gu, u), (4, gug, ug), (5, gub, ub)))  # fmt: skip
-        if (need[0] or need[1]) and _any(u, ug):
-            hx, hw, _ = Rop.apply(x, weight, stats, w, None, u, ug, ctx.spec)
-            g[0], g[1] = _if(need[0], _fit(hx, x)), _if(need[1], _fit(hw, weight))
+        if w is not None:
+            _add_tangent_grads(ctx, g, (3, 4, 5), x, weight, stats, u, ug, ub, w)
         return tuple(g)
 
     @staticmethod
     def jvp(ctx, t_x, t_w, _t_stats, t_u, t_ug, t_ub, _spec):
         x, weight, stats, u, ug, _ub = ctx.saved_tensors
-        out = None
-        if _any(t_u, t_ug, t_ub):
-            out = Tangent.apply(x, weight, stats, t_u, t_ug, t_ub, ctx.spec)
-        if _any(t_x, t_w) and _any(u, ug):
-            out = _add(out, Second.apply(x, weight, stats, u, ug, t_x, t_w, ctx.spec))
+        out = _tangent_of_tangent(ctx.spec, x, weight, stats, u, ug, t_x, t_w, t_u, t_ug, t_ub)
         return x.new_zeros(ctx.out_shape) if out is None else out
 
     @staticmethod
@@ -169,19 +164,14 @@ class Rop(Function):
             g[4] = _fit(Tangent.apply(x, weight, stats, p, q, r, spec), dz_dot)
         if not _any(p, q):
             return tuple(g)
-        if need[5] or need[6]:
-            hu, hug, _ = Rop.apply(x, weight, stats, dz, None, p, q, spec)
-            g[5], g[6] = _if(need[5], _fit(hu, u)), _if(need[6], _fit(hug, ug))
-        if need[3]:
-            g[3] = _fit(Second.apply(x, weight, stats, u, ug, p, q, spec), dz)
+        _add_hessian_grads(ctx, g, (3, 5, 6), x, weight, stats, dz, u, ug, p, q)
         wants_x = need[0] and engine_uses(ctx, 0)
         wants_w = need[1] and engine_uses(ctx, 1)
-        if wants_x or wants_w:
-            gx, gw = pairing_grad(x, weight, dz, u, ug, p, q, spec)
-            if dz_dot is not None:  # G(dz_dot) differentiated in (x, gamma): H<dz_dot, z>(p, q)
-                hx, hw, _ = Rop.apply(x, weight, stats, dz_dot, None, p, q, spec)
-                gx, gw = gx + _fit(hx, x), _add(gw, _fit(hw, weight))
-            g[0], g[1] = _if(wants_x, gx), _if(wants_w, gw)
+        if dz_dot is not None and (wants_x or wants_w):
+            # G(dz_dot) differentiated in (x, gamma): H<dz_dot, z>(p, q)
+            hx, hw, _ = Rop.apply(x, weight, stats, dz_dot, None, p, q, spec)
+            g[0] = _add(g[0], _if(wants_x, _fit(hx, x)))
+            g[1] = _add(g[1], _if(wants_w, _fit(hw, weight)))
         return tuple(g)
 
     @staticmethod
@@ -189,16 +179,13 @@ class Rop(Function):
         x, weight, stats, dz, dz_dot, u, ug = ctx.saved_tensors
         spec, out = ctx.spec, None
         if t_dz_dot is not None:
-            out = _add(out, Backward.apply(t_dz_dot, x, weight, stats, spec))
-        if t_dz is not None:
-            out = _add(out, Rop.apply(x, weight, stats, t_dz, None, u, ug, spec))
-        if _any(t_u, t_ug):
-            out = _add(out, Rop.apply(x, weight, stats, dz, None, t_u, t_ug, spec))
-        if _any(t_x, t_w):
-            n_dir = ctx.out_shapes[0][0] if len(ctx.out_shapes[0]) > x.ndim else None
-            out = _add(out, _rop_third(x, weight, dz, u, ug, t_x, t_w, spec, n_dir))
-            if dz_dot is not None:  # G(dz_dot) along (t_x, t_w): H<dz_dot, z>(t_x, t_w)
-                out = _add(out, Rop.apply(x, weight, stats, dz_dot, None, t_x, t_w, spec))
+            out = Backward.apply(t_dz_dot, x, weight, stats, spec)
+        n_dir = ctx.out_shapes[0][0] if len(ctx.out_shapes[0]) > x.ndim else None
+        hessian = _tangent_of_hessian(spec, x, weight, stats, dz, u, ug, t_x, t_w, t_dz, t_u, t_ug,
+                                      n_dir)  # fmt: skip
+        out = _add(out, hessian if hessian is None else (*hessian, None))
+        if dz_dot is not None and _any(t_x, t_w):  # G(dz_dot) along (t_x, t_w)
+            out = _add(out, Rop.apply(x, weight, stats, dz_dot, None, t_x, t_w, spec))
         return tuple(
             _zeros_for_none(t, shape, x) for t, shape in zip(out, ctx.out_shapes, strict=True)
         )
@@ -256,6 +243,105 @@ class Second(Function):
     def vmap(info, in_dims, *args):
         directions = {3: True, 4: False, 5: True, 6: False}
         return fold(Second.apply, info, in_dims, args, 0, directions)
+
+
+class TangentAndRop(Function):
+    """``(J[u, ug, ub], *H<dz, z>(u, ug))``: ``Tangent`` and ``Rop`` (without dz_dot)
+    on the same directions, numbabn's ``vjp_backward``."""
+
+    @staticmethod
+    def forward(x, weight, stats, dz, u, ug, ub, spec):
+        return k.tangent_and_rop(x, weight, stats, dz, u, ug, ub, spec)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _keep_inputs(ctx, inputs)
+        ctx.out_shapes = tuple(o.shape for o in output)
+
+    @staticmethod
+    def backward(ctx, w, p, q):
+        x, weight, stats, dz, u, ug, ub = ctx.saved_tensors
+        g = [None] * 8
+        if w is not None:
+            _add_tangent_grads(ctx, g, (4, 5, 6), x, weight, stats, u, ug, ub, w)
+        if _any(p, q):
+            _add_hessian_grads(ctx, g, (3, 4, 5), x, weight, stats, dz, u, ug, p, q)
+        return tuple(g)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_w, _t_stats, t_dz, t_u, t_ug, t_ub, _spec):
+        x, weight, stats, dz, u, ug, _ub = ctx.saved_tensors
+        spec = ctx.spec
+        t = _tangent_of_tangent(spec, x, weight, stats, u, ug, t_x, t_w, t_u, t_ug, t_ub)
+        n_dir = ctx.out_shapes[1][0] if len(ctx.out_shapes[1]) > x.ndim else None
+        h = _tangent_of_hessian(spec, x, weight, stats, dz, u, ug, t_x, t_w, t_dz, t_u, t_ug, n_dir)
+        out = (t, *(h or (None, None)))
+        return tuple(
+            _zeros_for_none(o, shape, x) for o, shape in zip(out, ctx.out_shapes, strict=True)
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        directions = {3: True, 4: True, 5: False, 6: False}
+        return fold(TangentAndRop.apply, info, in_dims, args, 0, directions)
+
+
+# --- derivatives shared by several leaves ----------------------------------------------
+def _add_tangent_grads(ctx, g: list, at: tuple, x, weight, stats, u, ug, ub, w) -> None:
+    """Add the gradients of ``<w, J[u, ug, ub]>`` to ``g``: those of the directions
+    (at positions ``at``) and those of x and weight (positions 0 and 1)."""
+    need, spec = ctx.needs_input_grad, ctx.spec
+    if any(need[i] for i in at):
+        grads = Backward.apply(w, x, weight, stats, spec)
+        for i, grad, like in zip(at, grads, (u, ug, ub), strict=True):
+            g[i] = _add(g[i], _if(need[i], _fit(grad, like)))
+    if (need[0] or need[1]) and _any(u, ug):
+        hx, hw, _ = Rop.apply(x, weight, stats, w, None, u, ug, spec)
+        g[0] = _add(g[0], _if(need[0], _fit(hx, x)))
+        g[1] = _add(g[1], _if(need[1], _fit(hw, weight)))
+
+
+def _add_hessian_grads(ctx, g: list, at: tuple, x, weight, stats, dz, u, ug, p, q) -> None:
+    """Add the gradients of ``<(p, q), H<dz, z>(u, ug)>`` to ``g``: those of dz, u and
+    ug (at positions ``at``), and of x and weight (third order) where the engine
+    uses them."""
+    need, spec = ctx.needs_input_grad, ctx.spec
+    i_dz, i_u, i_ug = at
+    if need[i_u] or need[i_ug]:  # H<dz, z> is symmetric
+        hu, hug, _ = Rop.apply(x, weight, stats, dz, None, p, q, spec)
+        g[i_u] = _add(g[i_u], _if(need[i_u], _fit(hu, u)))
+        g[i_ug] = _add(g[i_ug], _if(need[i_ug], _fit(hug, ug)))
+    if need[i_dz]:
+        g[i_dz] = _add(g[i_dz], _fit(Second.apply(x, weight, stats, u, ug, p, q, spec), dz))
+    wants_x = need[0] and engine_uses(ctx, 0)
+    wants_w = need[1] and engine_uses(ctx, 1)
+    if wants_x or wants_w:
+        gx, gw = pairing_grad(x, weight, dz, u, ug, p, q, spec)
+        g[0] = _add(g[0], _if(wants_x, gx))
+        g[1] = _add(g[1], _if(wants_w, gw))
+
+
+def _tangent_of_tangent(spec, x, weight, stats, u, ug, t_x, t_w, t_u, t_ug, t_ub):
+    """The tangent of ``J[u, ug, ub]`` along all its inputs (None when zero)."""
+    out = None
+    if _any(t_u, t_ug, t_ub):
+        out = Tangent.apply(x, weight, stats, t_u, t_ug, t_ub, spec)
+    if _any(t_x, t_w) and _any(u, ug):
+        out = _add(out, Second.apply(x, weight, stats, u, ug, t_x, t_w, spec))
+    return out
+
+
+def _tangent_of_hessian(spec, x, weight, stats, dz, u, ug, t_x, t_w, t_dz, t_u, t_ug, n_dir):
+    """The tangent of ``H<dz, z>(u, ug)`` (x- and weight-shaped parts) along all its
+    inputs, for ``n_dir`` directions or None; None when zero."""
+    out = None
+    if t_dz is not None:
+        out = Rop.apply(x, weight, stats, t_dz, None, u, ug, spec)[:2]
+    if _any(t_u, t_ug):
+        out = _add(out, Rop.apply(x, weight, stats, dz, None, t_u, t_ug, spec)[:2])
+    if _any(t_x, t_w):
+        out = _add(out, _rop_third(x, weight, dz, u, ug, t_x, t_w, spec, n_dir)[:2])
+    return out
 
 
 # --- helpers ------------------------------------------------------------------------

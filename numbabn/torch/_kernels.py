@@ -114,12 +114,34 @@ def rop(x, weight, stats, dz, dz_dot, u, ug, spec: Spec):
         lay.array(x),
         _channel(weight, x, 1.0),
         lay.array(dz),
-        _field(lay, x, dz_dot, n_dir),
+        None if dz_dot is None else _field(lay, x, dz_dot, n_dir),
         _field(lay, x, u, n_dir),
         _stats(stats, x, lay, spec),
         u_gamma=_per_channel(ug),
     )
     return lay.tensor(dx, x, n_dir is not None), *_parameters(dg, db, x, spec)
+
+
+@_opaque
+def tangent_and_rop(x, weight, stats, dz, u, ug, ub, spec: Spec):
+    """``(J[u, ug, ub], dx', dgamma')`` of :func:`jvp` and of :func:`rop` without dz_dot,
+    by numbabn's ``vjp_backward``: one reduction and one apply pass for both."""
+    if dz.ndim > x.ndim:  # numbabn takes one dz per call
+        hx, hw, _ = rop(x, weight, stats, dz, None, u, ug, spec)
+        return jvp(x, weight, stats, u, ug, ub, spec).expand(hx.shape), hx, hw
+    lay = Layout(x)
+    n_dir = _directions(x, fields=(u,), channels=(ug, ub))
+    t, hx, hw = numbabn.vjp_backward(
+        lay.array(x),
+        _channel(weight, x, 1.0),
+        lay.array(dz),
+        _field(lay, x, u, n_dir),
+        _stats(stats, x, lay, spec),
+        a_gamma=_per_channel(ug),
+        a_beta=_per_channel(ub),
+    )
+    lead = n_dir is not None
+    return lay.tensor(t, x, lead), lay.tensor(hx, x, lead), _parameter(hw, x, spec)
 
 
 @_opaque
@@ -163,10 +185,13 @@ def _stats(stats: torch.Tensor, x: torch.Tensor, lay: Layout, spec: Spec) -> num
 
 def _parameters(dg: Any, db: Any, x: torch.Tensor, spec: Spec):
     """numbabn's (gamma, beta) results as tensors: this rank's share of them."""
-    dg, db = as_tensor(dg, x), as_tensor(db, x)
-    if spec.comm is None:
-        return dg, db
-    return dg * spec.share, db * spec.share
+    return _parameter(dg, x, spec), _parameter(db, x, spec)
+
+
+def _parameter(p: Any, x: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """One parameter-shaped numbabn result as a tensor: this rank's share of it."""
+    p = as_tensor(p, x)
+    return p if spec.comm is None else p * spec.share
 
 
 def _channel(t: torch.Tensor | None, x: torch.Tensor, fill: float) -> Any:
