@@ -50,7 +50,8 @@ bench-compare: $(STAMP)
 
 # On a lent GPU machine, with its own Python and packages and no network (wheels
 # it lacks, such as a NumPy its numba-cuda imports with, go in .whl/): the CUDA
-# tests on the device, then the GPU tables written to $(OUT)/gpu_performance.md.
+# tests on the device, then the GPU tables written to $(OUT)/gpu_performance.md and
+# the VGG-style HVP through numbabn.torch on CUDA tensors to $(OUT)/gpu_torch_net.txt.
 OUT ?= docs
 GPU_ENV := PYTHONPATH=/tmp/numbabn-site:$(CURDIR) NUMBA_CACHE_DIR=/tmp/numbabn-cache
 gpu-check:
@@ -58,6 +59,7 @@ gpu-check:
 	  python3 -m pip install --quiet --no-index --no-deps --target /tmp/numbabn-site .whl/*.whl; fi
 	$(GPU_ENV) python3 -m pytest -p no:cacheprovider -q tests/gpu tests/test_cuda_compile.py
 	$(GPU_ENV) python3 -m numbabn bench --backend cuda --markdown $(OUT)/gpu_performance.md
+	$(GPU_ENV) python3 -m numbabn.bench.torch_net --device cuda > $(OUT)/gpu_torch_net.txt && cat $(OUT)/gpu_torch_net.txt
 
 # The layer demo (checks against the NumPy closed form), then Hessian-free
 # training on digits (fails below 0.95 test accuracy).

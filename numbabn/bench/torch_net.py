@@ -60,7 +60,7 @@ def without_batchnorm(net):
 
 
 def hvp_calls(
-    batch: int = 64, channels=CHANNELS, dtype: str = "float32", seed: int = 0
+    batch: int = 64, channels=CHANNELS, dtype: str = "float32", seed: int = 0, device: str = "cpu"
 ) -> dict[str, Callable[[], Any]]:
     """Zero-argument HVP calls on one batch and one direction, by variant name.
 
@@ -69,7 +69,8 @@ def hvp_calls(
     them (training mode: running statistics are updated). ``numbabn BN,
     torch.func`` is ``jvp(grad)`` through ``functional_call`` with numbabn's
     layers (their running statistics are left alone inside the transform), and
-    ``no BN, torch.func`` its counterpart without BatchNorm.
+    ``no BN, torch.func`` its counterpart without BatchNorm. On ``device="cuda"``
+    each call waits for the GPU to finish.
     """
     import torch
     import torch.nn.functional as F
@@ -78,14 +79,15 @@ def hvp_calls(
     import numbabn.torch as nbt
 
     torch.manual_seed(seed)
-    theirs = vgg(channels).to(getattr(torch, dtype)).train()
+    theirs = vgg(channels).to(getattr(torch, dtype)).train().to(device)
     nets = {
         "torch BN": theirs,
         "numbabn BN": nbt.convert_batchnorm(copy.deepcopy(theirs)),
         "no BN": without_batchnorm(theirs),
     }
-    x = torch.randn(batch, 3, 32, 32, dtype=theirs[0].weight.dtype)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, 32, 32, dtype=theirs[0].weight.dtype, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    finish = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def double_backward(net):
         params = list(net.parameters())
@@ -93,9 +95,9 @@ def hvp_calls(
 
         def call():
             g = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=True)
-            return torch.autograd.grad(
-                sum((a * b).sum() for a, b in zip(g, v, strict=True)), params
-            )
+            hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g, v, strict=True)), params)
+            finish()
+            return hv
 
         return call
 
@@ -107,7 +109,12 @@ def hvp_calls(
         def loss(p):
             return F.cross_entropy(functional_call(net, (p, buffers), (x,)), y)
 
-        return lambda: jvp(grad(loss), (params,), (v,))[1]
+        def call():
+            hv = jvp(grad(loss), (params,), (v,))[1]
+            finish()
+            return hv
+
+        return call
 
     calls = {name: double_backward(net) for name, net in nets.items()}
     calls["numbabn BN, torch.func"] = func_hvp(nets["numbabn BN"])
@@ -192,6 +199,8 @@ def host_overhead(shape=(8, 4, 4, 4), repeats: int = 200) -> list[dict]:
                 lambda: fn.Tangent.apply(x, w, stats, u, w, b, spec)),
         "rop_backward": (lambda: numbabn.rop_backward(xn, wn, dzn, dzn, un, st, u_gamma=wn),
                          lambda: fn.Rop.apply(x, w, stats, dz, dz, u, w, spec)),
+        "vjp_backward": (lambda: numbabn.vjp_backward(xn, wn, dzn, un, st, a_gamma=wn, a_beta=bn),
+                         lambda: fn.TangentAndRop.apply(x, w, stats, dz, u, w, b, spec)),
     }  # fmt: skip
     rows = []
     for name, (raw, leaf) in pairs.items():
@@ -252,15 +261,28 @@ def host_table(rows: list[dict]):
     return t
 
 
-def tables(small: bool = False, repeats: int = 9) -> list:
-    """The HVP table and the host-time table."""
-    calls = hvp_calls(batch=8, channels=SMALL_CHANNELS) if small else hvp_calls()
-    return [table(measure(calls, repeats=3 if small else repeats)), host_table(host_overhead())]
+def tables(small: bool = False, repeats: int = 9, device: str = "cpu") -> list:
+    """The HVP table, and on the CPU the host-time table."""
+    size = {"batch": 8, "channels": SMALL_CHANNELS} if small else {}
+    calls = hvp_calls(**size, device=device)
+    hvp = table(measure(calls, repeats=3 if small else repeats))
+    if device != "cpu":
+        hvp.title += f" on {device}"
+        return [hvp]
+    return [hvp, host_table(host_overhead())]
 
 
-def main() -> None:
-    """Print the tables (``NUMBABN_BENCH_SIZE=small``: tiny net and batch)."""
-    for t in tables(os.environ.get("NUMBABN_BENCH_SIZE") == "small"):
+def main(argv: list[str] | None = None) -> None:
+    """Print the tables (``NUMBABN_BENCH_SIZE=small``: tiny net and batch;
+    ``--device cuda``: the nets and the batch on the GPU)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m numbabn.bench.torch_net")
+    parser.add_argument("--device", default="cpu", help="torch device of the nets and batch")
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args(argv)
+    small = os.environ.get("NUMBABN_BENCH_SIZE") == "small"
+    for t in tables(small, args.repeats, args.device):
         print(t.text(), end="\n\n")
 
 
