@@ -100,3 +100,25 @@ def test_strided_input():
     x, w, b = make_inputs((5, 6, 8))
     view = x[:, ::2, 1::2]  # not contiguous in any format: copied once
     assert_close(ours(view, w[:3], b[:3]), torch_bn(view, w[:3], b[:3]), what="strided")
+
+
+def test_leaves_of_one_call_check_its_statistics_once():
+    """The leaves of one call share one numbabn BatchStats per statistics tensor
+    (checked on first use, then run by plan); a tensor changed in place gets a new one."""
+    from numbabn.torch import _functions as fn
+    from numbabn.torch._kernels import Spec
+
+    x, w, b = make_inputs((6, 3, 4))
+    dz, u = like(x, 1), like(x, 2)
+    spec = Spec(1e-5)
+    _, stats = fn.BatchNormFn.apply(x, w, b, spec)
+    first = fn.Backward.apply(dz, x, w, stats, spec)
+    fn.Tangent.apply(x, w, stats, u, w, b, spec)
+    assert len(spec.known_stats) == 1
+    (kept,) = spec.known_stats.values()
+    assert kept._prepared is not None  # checked by numbabn, so later calls take the plan
+    assert_close(fn.Backward.apply(dz, x, w, stats, spec), first, what="kept statistics")
+    stats[1:3].mul_(2.0)  # invstd doubled: a new version of the tensor
+    second = fn.Backward.apply(dz, x, w, stats, spec)
+    assert len(spec.known_stats) == 2
+    assert torch.max((second[0] - first[0]).abs()) > 0.1

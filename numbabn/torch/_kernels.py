@@ -11,7 +11,7 @@ so that they can be saved for backward and batched like any output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,14 @@ class Spec:
         Variance epsilon.
     comm : object or None
         numbabn communicator (``allreduce_sum``) when the batch is sharded.
+    known_stats : dict
+        The BatchStats made so far for this call's statistics tensors (see
+        :func:`_stats`).
     """
 
     eps: float
     comm: Any = None
+    known_stats: dict = field(default_factory=dict, repr=False)
 
     @property
     def share(self) -> float:
@@ -162,7 +166,29 @@ def count(stats: torch.Tensor, x: torch.Tensor, spec: Spec) -> int:
 
 # --- helpers ------------------------------------------------------------------------
 def _stats(stats: torch.Tensor, x: torch.Tensor, lay: Layout, spec: Spec) -> numbabn.BatchStats:
-    """The (4, C) statistics tensor as numbabn's BatchStats for this call's layout."""
+    """The (4, C) statistics tensor as numbabn's BatchStats for this call's layout.
+
+    The leaves of one BatchNorm call share its statistics tensor, so each
+    BatchStats is made once and kept on the spec: numbabn checks it on its
+    first use and runs later calls with it by their cached plan. The key holds
+    the tensor's address and version. Only a contiguous tensor is kept: the
+    arrays of its BatchStats are views of it, so they hold its memory and the
+    address cannot pass to another tensor meanwhile.
+    """
+    key = (stats.device, stats.data_ptr(), stats._version, lay.axis, lay.shape)
+    made = spec.known_stats.get(key)
+    if made is None:
+        made = _new_stats(stats, x, lay, spec)
+        if stats.is_contiguous() and len(spec.known_stats) < _MAX_KNOWN_STATS:
+            spec.known_stats[key] = made
+    return made
+
+
+#: BatchStats kept per spec: one per layout of each statistics tensor, a few under vmap.
+_MAX_KNOWN_STATS = 16
+
+
+def _new_stats(stats: torch.Tensor, x: torch.Tensor, lay: Layout, spec: Spec):
     rows = stats.detach().contiguous()
     if rows.is_cuda:  # untested here (no GPU): numbabn's kernels take Numba device arrays
         from numba import cuda
