@@ -72,6 +72,10 @@ HVP = Op(("dz", "u", "hz"), (DZ, U, H), (), f.TERM_RVP | f.TERM_CURV, (), False)
 #: An absent dz_dot is zero: its array is neither read nor made.
 ROP_BACKWARD = Op(("dz", "u", "dz_dot", "u_gamma"), (DZ, U, W, UG), ("dz_dot", "u_gamma"),
                   f.TERM_RVP, (f.TERM_PROJ_W, f.TERM_UG_PROJ_DZ), True)  # fmt: skip
+#: jvp and rop_backward on the same directions (:func:`vjp_backward`); the terms and
+#: slots of its rop_backward, whose sums include the jvp's.
+VJP_BACKWARD = Op(("dz", "a", "a_gamma", "a_beta"), (DZ, U, UG, UB), ("a_gamma", "a_beta"),
+                  f.TERM_RVP, (f.TERM_UG_PROJ_DZ, 0), True)  # fmt: skip
 #: The forward pass: beta is the tangent of beta, gamma that of gamma.
 FORWARD = Op(("beta",), (UB,), (), f.TERM_PARAM, (), False)
 
@@ -144,31 +148,56 @@ def vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, co
     """``(J[a, a_gamma, a_beta], *H<dz, z>(a, a_gamma))``; see :func:`numbabn.vjp_backward`.
 
     Both are affine in the same per-channel sums of dz and a, so a backend with
-    ``execute_pair`` (the CPU) reduces once and writes both in one apply pass;
-    otherwise, and for sharded batches, it runs the jvp and the rop_backward.
+    ``execute_pair`` (the CPU) reduces once and writes both in one apply pass,
+    and remembers the call's plan as :func:`execute` does; otherwise, and for
+    sharded batches, it runs the jvp and the rop_backward.
     """
-    arrays = {"dz": dz, "a": a, "a_gamma": a_gamma, "a_beta": a_beta}
-    call = Call(x, gamma, stats, eps, axis, backend, arrays, ("a_gamma", "a_beta"), comm)
-    dz3 = call.field("dz", dz)
-    a4, n_dir, batched = call.directions("a", a)
-    ug = call.channel_tangent("a_gamma", a_gamma, n_dir, batched)
-    ub = call.channel_tangent("a_beta", a_beta, n_dir, batched)
+    args = (dz, a, a_gamma, a_beta)
+    if comm is None and eps is None and axis is None and backend == "auto":
+        key = _key(VJP_BACKWARD, x, gamma, stats, args, DEFAULT_AXIS)
+        plan = _PLANS.get(key) if key is not None else None
+        if plan is not None and (stats is None or stats._prepared[0] is plan.be):
+            be = plan.be
+            x3 = be.view(x, plan.x_shape)
+            st = stats
+            if st is None:
+                st, _ = stats_of_canonical(be, x, x3, plan.dims, DEFAULT_EPS, DEFAULT_AXIS, None)
+            _, mean, invstd = st._prepared
+            slots = _slots(plan, args)
+            return _pair(plan, x, x3, mean, invstd, slots, be.channel_arg(gamma), st.count)
+    arrays = dict(zip(VJP_BACKWARD.args, args, strict=True))
+    call = Call(x, gamma, stats, eps, axis, backend, arrays, VJP_BACKWARD.optional, comm)
     be = call.be
+    slots: list[Any] = [call.field("dz", dz), None, None, None, None, None]
+    slots[U], n_dir, batched = call.directions("a", a)
+    slots[UG] = call.channel_tangent("a_gamma", a_gamma, n_dir, batched)
+    slots[UB] = call.channel_tangent("a_beta", a_beta, n_dir, batched)
     if call.comm is not None or not hasattr(be, "execute_pair"):
         st = call.stats
         dz_bar = execute(JVP, x, gamma, st, (a, a_gamma, a_beta), backend=be.name)
         x_bar, gamma_bar, _ = execute(ROP_BACKWARD, x, gamma, st, (dz, a, None, a_gamma),
                                       backend=be.name)  # fmt: skip
         return dz_bar, x_bar, gamma_bar
+    with_ug = slots[UG] is not None
+    rop_terms = f.TERM_RVP | (f.TERM_UG_PROJ_DZ if with_ug else 0)
+    shapes = (be.kernel_shape(call.dims), be.kernel_shape((n_dir, *call.dims)), None, None)
+    present = (True, False, True, False, with_ug, False)  # the rop_backward's inputs
+    present_args = tuple(t is not None for t in args)
+    plan = call.plan(VJP_BACKWARD, shapes, present, present_args, n_dir, batched, rop_terms)
+    st = call.stats
+    res = _pair(plan, x, call.x3, call.mean, call.invstd, slots, call.gamma, st.count)
+    _remember(_key(VJP_BACKWARD, x, gamma, stats, args, call.axis), plan)
+    return res
+
+
+def _pair(plan: Plan, x, x3, mean, invstd, slots: list, gamma, count):
+    """Run a vjp_backward ``plan``: ``(dz_bar, x_bar, gamma_bar)`` in the caller's kind."""
+    be, n_dir = plan.be, plan.n_dir
+    dz3, _, a4, _, ug, ub = slots
     jvp_terms = f.TERM_PROJ_U | (f.TERM_PARAM if ug is not None or ub is not None else 0)
-    rop_terms = f.TERM_RVP | (f.TERM_UG_PROJ_DZ if ug is not None else 0)
-    present = (True, False, True, False, ug is not None, False)
-    bplan = be.plan(rop_terms, call.dims, n_dir, call.dtype, present, True, batched)
-    stats = call.stats
-    out, (gamma_bar, _) = be.execute_pair(bplan, jvp_terms, call.x3, call.mean, call.invstd,
-                                          dz3, a4, ug, ub, call.gamma, stats.count)  # fmt: skip
-    shape = (n_dir, *call.shape) if batched else tuple(call.shape)
-    dz_bar, x_bar = (be.wrap(part.reshape(shape), x) for part in (out[:n_dir], out[n_dir:]))
+    out, (gamma_bar, _) = be.execute_pair(plan.bplan, jvp_terms, x3, mean, invstd, dz3, a4, ug,
+                                          ub, gamma, count)  # fmt: skip
+    dz_bar, x_bar = (be.wrap(o.reshape(plan.result_shape), x) for o in (out[:n_dir], out[n_dir:]))
     return dz_bar, x_bar, be.wrap(gamma_bar, x)
 
 
@@ -221,10 +250,7 @@ def _run_plan(op: Op, plan: Plan, x, gamma, stats, args: tuple):
     x3 = be.view(x, plan.x_shape)
     if stats is None:
         stats, _ = stats_of_canonical(be, x, x3, plan.dims, DEFAULT_EPS, DEFAULT_AXIS, None)
-    slots = [None, None, None, None, None, None]
-    for i, slot, shape in plan.convert:
-        a = args[i]
-        slots[slot] = be.view(a, shape) if shape is not None else be.channel_rows(a, plan.n_dir)
+    slots = _slots(plan, args)
     _, mean, invstd = stats._prepared
     res, params = be.execute(plan.bplan, x3, mean, invstd, *slots, be.channel_arg(gamma),
                              stats.count, None)  # fmt: skip
@@ -232,6 +258,15 @@ def _run_plan(op: Op, plan: Plan, x, gamma, stats, args: tuple):
     if params is None:
         return res
     return res, be.wrap(params[0], x), be.wrap(params[1], x)
+
+
+def _slots(plan: Plan, args: tuple) -> list:
+    """The pipeline slots of ``args``, converted as ``plan`` says (absent ones None)."""
+    be, slots = plan.be, [None, None, None, None, None, None]
+    for i, slot, shape in plan.convert:
+        a = args[i]
+        slots[slot] = be.view(a, shape) if shape is not None else be.channel_rows(a, plan.n_dir)
+    return slots
 
 
 def _checked(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out):

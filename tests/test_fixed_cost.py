@@ -131,3 +131,30 @@ def test_statistics_made_elsewhere(checked):
     shifted = dataclasses.replace(st, mean=st.mean + 1.0)
     assert shifted._prepared is None
     assert not np.array_equal(numbabn.rvp(x, g, dz, u, shifted), want)
+
+
+@pytest.mark.parametrize("given", [True, False])
+@pytest.mark.parametrize("n_dir", [None, 2])
+def test_vjp_backward_plans(monkeypatch, given, n_dir):
+    """vjp_backward remembers its plan too: the second call makes no checked Call and
+    gives the same bits; a bad argument is still caught after a planned call."""
+    monkeypatch.setattr(_pipeline, "_PLANS", {})
+    made = []
+
+    class CountedCall(_pipeline.Call):
+        def __init__(self, *args, **kwargs):
+            made.append(args[0].shape)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_pipeline, "Call", CountedCall)
+    c = make_case((4, 3, 2), 1, np.float32, n_dir=n_dir)
+    x, g, dz, a = c["x"], c["gamma"], c["dz"], c["u"]
+    st = numbabn.batch_stats(x) if given else None
+    first = numbabn.vjp_backward(x, g, dz, a, st, a_gamma=c["u_gamma"])
+    assert len(made) == 1
+    again = numbabn.vjp_backward(x, g, dz, a, st, a_gamma=c["u_gamma"])
+    assert len(made) == 1, "the second call was checked again"
+    for p, q in zip(first, again, strict=True):
+        assert p.dtype == q.dtype and p.shape == q.shape and p.tobytes() == q.tobytes()
+    with pytest.raises(ValueError, match="a_gamma has shape"):
+        numbabn.vjp_backward(x, g, dz, a, st, a_gamma=c["u_gamma"][..., :2])
