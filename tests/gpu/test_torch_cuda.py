@@ -37,7 +37,8 @@ def _inputs(shape, dtype, seed=0, channels_last=False):
 
 def _assert_close(got, want, dtype, what):
     assert got.is_cuda, f"{what}: not on the GPU"
-    err = float((got.double() - want.double()).abs().max() / max(float(want.abs().max()), 1.0))
+    got, want = got.detach().double(), want.detach().double()
+    err = float((got - want).abs().max() / max(float(want.abs().max()), 1.0))
     assert err <= TOL[dtype], f"{what}: relative error {err:.2e}"
 
 
