@@ -274,13 +274,41 @@ class CudaBackend:
                 counter = slot.counter(p.groups, kind, x3.base)
                 args = (x3, mean, invstd, dz, h, u, w, ws.sub(0, p.part_shape), counter,
                         ws.sub(p.sums_at, p.sums_shape), p.terms, gamma, float(count), ug, ub,
-                        coef, pg, pb)  # fmt: skip
+                        coef, pg, pb, 0, None)  # fmt: skip
                 self._launch(slot, p.reduce, p.reduce_grid, args, p, "reduce")
             else:  # no sums needed: coef stands in for them
                 args = (p.terms, coef, gamma, invstd, float(count), ug, ub, coef, pg, pb)
                 self._launch(slot, self.kernels.coefficients, p.coef_grid, args, p, "coef")
             args = (x3, mean, dz, h, u, w, coef, out)
             self._launch(slot, self.kernels.apply_affine, p.apply_grid, args, p, "apply")
+        return out.base, (None if pg is None else (pg.base, pb.base))
+
+    def execute_pair(self, p, first_terms, x3, mean, invstd, dz, u, ug, ub, gamma, count):
+        """Two operations on the same dz and u in two launches: ``first_terms`` (whose
+        sums must be among those of plan ``p``) and the operation of ``p``. The
+        reduction's last blocks compute both coefficient sets; the apply launch
+        writes both results.
+
+        Returns ``(out, params)``: ``out`` is (2V, pre, C, post) with the first
+        operation's result in ``out[:V]`` and p's in ``out[V:]``; ``params`` as
+        :meth:`execute` returns them for ``p``.
+        """
+        kind, n_coef = x3.kind, math.prod(p.coef_shape)
+        out = _fresh(kind, (2 * p.n_dir, *p.out_shape[1:]), x3.dtype, x3.base)
+        _, pg, pb = _outputs(p, x3, out)
+        slot = self._slot(kind, x3.base)
+        with slot.lock:
+            slot.wait_for((x3, mean, invstd, dz, u, ug, ub, gamma))
+            ws = slot.workspace(p.workspace + n_coef, kind, x3.base)
+            coef = ws.sub(p.coef_at, (2 * p.n_dir, *p.coef_shape[1:]))
+            first, second = coef.sub(0, p.coef_shape), coef.sub(n_coef, p.coef_shape)
+            counter = slot.counter(p.groups, kind, x3.base)
+            args = (x3, mean, invstd, dz, None, u, None, ws.sub(0, p.part_shape), counter,
+                    ws.sub(p.sums_at, p.sums_shape), p.terms, gamma, float(count), ug, ub,
+                    second, pg, pb, first_terms, first)  # fmt: skip
+            self._launch(slot, p.reduce, p.reduce_grid, args, p, "reduce pair")
+            args = (x3, mean, dz, None, u, None, coef, out)
+            self._launch(slot, self.kernels.apply_affine, p.apply_grid, args, p, "apply pair")
         return out.base, (None if pg is None else (pg.base, pb.base))
 
     def execute_from_sums(self, p, sums, x3, mean, invstd, dz, h, u, w, ug, ub, gamma, count,
@@ -346,7 +374,7 @@ class CudaBackend:
             ws = slot.workspace(p.workspace, kind, base)
             counter = slot.counter(p.groups, kind, base)
             args = (x3, mean, invstd, dz, h, u, w, ws.sub(0, p.part_shape), counter, sums, 0,
-                    None, 1.0, None, None, None, None, None)  # fmt: skip
+                    None, 1.0, None, None, None, None, None, 0, None)  # fmt: skip
             self._launch(slot, p.reduce, p.reduce_grid, args)
         return sums
 

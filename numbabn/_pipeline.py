@@ -147,10 +147,10 @@ def forward(x, gamma, beta, eps, axis, backend, comm, out):
 def vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, comm):
     """``(J[a, a_gamma, a_beta], *H<dz, z>(a, a_gamma))``; see :func:`numbabn.vjp_backward`.
 
-    Both are affine in the same per-channel sums of dz and a, so a backend with
-    ``execute_pair`` (the CPU) reduces once and writes both in one apply pass,
-    and remembers the call's plan as :func:`execute` does; otherwise, and for
-    sharded batches, it runs the jvp and the rop_backward.
+    Both are affine in the same per-channel sums of dz and a, so the backend
+    reduces once and writes both in one apply pass (``execute_pair``), and the
+    call's plan is remembered as :func:`execute` does; a sharded batch runs the
+    jvp and the rop_backward.
     """
     args = (dz, a, a_gamma, a_beta)
     if comm is None and eps is None and axis is None and backend == "auto":
@@ -172,7 +172,7 @@ def vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, co
     slots[U], n_dir, batched = call.directions("a", a)
     slots[UG] = call.channel_tangent("a_gamma", a_gamma, n_dir, batched)
     slots[UB] = call.channel_tangent("a_beta", a_beta, n_dir, batched)
-    if call.comm is not None or not hasattr(be, "execute_pair"):
+    if call.comm is not None:
         st = call.stats
         dz_bar = execute(JVP, x, gamma, st, (a, a_gamma, a_beta), backend=be.name)
         x_bar, gamma_bar, _ = execute(ROP_BACKWARD, x, gamma, st, (dz, a, None, a_gamma),

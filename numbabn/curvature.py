@@ -230,8 +230,9 @@ def vjp_backward(
     ``dz_bar = jvp(x, gamma, a, u_gamma=a_gamma, u_beta=a_beta)``,
     ``(x_bar, gamma_bar, _) = rop_backward(x, gamma, dz, None, a, u_gamma=a_gamma)``.
 
-    Both are affine in the same per-channel sums, so the CPU backend computes
-    them with one reduction and one apply pass, reading x, dz and a once.
+    Both are affine in the same per-channel sums, so they are computed with one
+    reduction and one apply pass (two launches on the GPU), reading x, dz and a
+    once; a batch sharded over ``comm`` runs the two operations.
 
     Parameters
     ----------

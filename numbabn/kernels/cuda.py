@@ -204,7 +204,8 @@ def coefficients(terms, sums, gamma, invstd, count, ug, ub, coef, p_gamma, p_bet
 
 @kernel
 def apply_affine(x, mean, dz, h, u, w, coef, out):
-    """Grid-stride apply pass; see ``formulas.affine_value``."""
+    """Grid-stride apply pass; see ``formulas.affine_value``. ``u`` may carry fewer
+    directions than ``out`` (a divisor of V): direction v reads ``u[v % len(u)]``."""
     n_dir, pre, n_ch, post = out.shape
     per_dir = pre * n_ch * post
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -216,7 +217,7 @@ def apply_affine(x, mean, dz, h, u, w, coef, out):
         c = r // post
         j = r - c * post
         xc = float64(x[i, c, j]) - mean[c]
-        uv = float64(u[v, i, c, j]) if u is not None else 0.0
+        uv = float64(u[v % u.shape[0], i, c, j]) if u is not None else 0.0
         wv = float64(w[v, i, c, j]) if w is not None else 0.0
         dzv = float64(dz[i, c, j]) if dz is not None else 0.0
         hv = float64(h[i, c, j]) if h is not None else 0.0
@@ -296,11 +297,13 @@ def build(block: int, width: int) -> SimpleNamespace:
 
     @kernel
     def moment_reduce(x, mean, invstd, dz, h, u, w, part, counter, sums, terms, gamma, count, ug,
-                      ub, coef, p_gamma, p_beta):  # fmt: skip
+                      ub, coef, p_gamma, p_beta, terms2, coef2):  # fmt: skip
         """Per-block moment sums (the ``S_*`` slots) of direction blockIdx.z into part
         (S, V, N_SUMS, C); the last block of a channel group merges them into sums
         (V, N_SUMS, C), and with ``coef`` given computes the coefficients of
-        ``terms`` (and the gamma and beta outputs when ``p_gamma`` is given).
+        ``terms`` (and the gamma and beta outputs when ``p_gamma`` is given), and
+        with ``coef2`` given those of a second operation, ``terms2``, from the same
+        sums (numbabn.vjp_backward).
 
         Only the slots ``formulas.filled_sum_slots`` names for the inputs present
         are written (direction-independent ones by direction 0); the others are
@@ -376,5 +379,8 @@ def build(block: int, width: int) -> SimpleNamespace:
             if coef is not None:
                 _coefficients_of(terms, sums, v, c, gamma, invstd, count, ug, ub, coef, p_gamma,
                                  p_beta)  # fmt: skip
+            if coef2 is not None:
+                _coefficients_of(terms2, sums, v, c, gamma, invstd, count, ug, ub, coef2, None,
+                                 None)  # fmt: skip
 
     return SimpleNamespace(stats_reduce=stats_reduce, moment_reduce=moment_reduce)

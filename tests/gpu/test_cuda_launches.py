@@ -54,6 +54,12 @@ def _calls(d, axis):
         "rop_backward with u_gamma": lambda st: numbabn.rop_backward(
             x, g, dz, dz_dot, u, st, u_gamma=ug, **kw(st)
         ),
+        "rop_backward without dz_dot": lambda st: numbabn.rop_backward(
+            x, g, dz, None, u, st, **kw(st)
+        ),
+        "vjp_backward": lambda st: numbabn.vjp_backward(
+            x, g, dz, u, st, a_gamma=ug, a_beta=ub, **kw(st)
+        ),
     }
 
 
