@@ -83,3 +83,29 @@ class SeveralDirections:
         return FLOOR_PASSES["rvp"](16) * self.x.nbytes / bandwidth / seconds
 
     track_floor_fraction.unit = "fraction of floor"
+
+
+class DoubleBackward:
+    """The backward of the vjp (double backward): numbabn.vjp_backward against the
+    jvp and the rop_backward (without dz_dot) it fuses, statistics given."""
+
+    params = (list(CASES_BY_LABEL), ["float32", "float64"], ["vjp_backward", "jvp + rop_backward"])
+    param_names = ["shape", "dtype", "implementation"]
+    timeout = 300
+
+    def setup(self, shape, dtype, implementation):
+        case = CASES_BY_LABEL[shape]
+        d = make_inputs(case.shape, case.axis, np.dtype(dtype))
+        x, g, dz, a = d["x"], d["gamma"], d["dz"], d["u"]
+        st = numbabn.batch_stats(x, axis=case.axis)
+        if implementation == "vjp_backward":
+            self.call = lambda: numbabn.vjp_backward(x, g, dz, a, st, a_gamma=g, a_beta=g)
+        else:
+            self.call = lambda: (
+                numbabn.jvp(x, g, a, st, u_gamma=g, u_beta=g),
+                numbabn.rop_backward(x, g, dz, None, a, st, u_gamma=g),
+            )
+        self.call()  # compile (JIT) outside the timing
+
+    def time_call(self, shape, dtype, implementation):
+        self.call()
