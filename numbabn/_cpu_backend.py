@@ -176,11 +176,7 @@ class CpuBackend:
         else:
             p.zeros = np.zeros((n_dir, f.N_SUMS, dims[1]))
             p.zeros.setflags(write=False)
-        p.coefficients = self._entry(
-            self.kernels._coefficients_kernel(terms),
-            ("coefficients", terms, not present[4], not present[5]),
-            (1, 2, 4, 5),
-        )
+        p.coefficients = self._coefficients(terms, not present[4], not present[5])
         p.apply, p.apply_serial = self._kernel("apply_affine", elements * n_dir,
                                                (dtype.char, len(shape), *absent),
                                                _APPLY_INPUTS)  # fmt: skip
@@ -206,25 +202,26 @@ class CpuBackend:
     def execute_pair(self, p: _Plan, first_terms: int, x3, mean, invstd, dz, u, ug, ub, gamma,
                      count):  # fmt: skip
         """Two operations on the same dz and u with one reduction and one apply pass:
-        ``first_terms`` (whose sums must be among those of plan ``p``, and which
-        takes ``ub``) and the operation of ``p``.
+        ``first_terms`` (whose sums must be among those of plan ``p``) and the
+        operation of ``p``; both take ``ug`` and ``ub``.
 
         Returns ``(out, params)``: ``out`` is (2V, pre, C, post) with the first
         operation's result in ``out[:V]`` and p's in ``out[V:]``; ``params`` as
         :meth:`execute` returns them for ``p``.
         """
         sums = self._moment_sums(p, x3, mean, invstd, dz, None, u, None)
-        first = self._entry(
-            self.kernels._coefficients_kernel(first_terms),
-            ("coefficients", first_terms, ug is None, ub is None),
-            (1, 2, 4, 5),
-        )
+        first = self._coefficients(first_terms, ug is None, ub is None)
         count = float(count)
-        second = p.coefficients.call(sums, gamma, invstd, count, ug, None)
+        second = p.coefficients.call(sums, gamma, invstd, count, ug, ub)
         coef = np.concatenate((first.call(sums, gamma, invstd, count, ug, ub), second))
         out = np.empty((2 * p.n_dir, *p.out_shape[1:]), p.dtype)
         self._apply(p, x3, mean, dz, None, u, None, coef, out)
         return out, _parameter_outputs(p, second)
+
+    def _coefficients(self, terms: int, no_ug: bool, no_ub: bool) -> _Kernel:
+        """The coefficients kernel of ``terms`` for absent (or present) tangents."""
+        kernel = self.kernels._coefficients_kernel(terms)
+        return self._entry(kernel, ("coefficients", terms, no_ug, no_ub), (1, 2, 4, 5))
 
     def _moment_sums(self, p: _Plan, x3, mean, invstd, dz, h, u, w):
         if p.moments is None:

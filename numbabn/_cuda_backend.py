@@ -263,24 +263,9 @@ class CudaBackend:
         Returns ``(out, params)``: ``out`` (V, pre, C, post) of x's kind and dtype,
         and the (V, C) gamma and beta outputs when the plan asks for them, else None.
         """
-        kind = x3.kind
         out, pg, pb = _outputs(p, x3, out)
-        slot = self._slot(kind, x3.base)
-        with slot.lock:
-            slot.wait_for((x3, mean, invstd, dz, h, u, w, ug, ub, gamma, out))
-            ws = slot.workspace(p.workspace, kind, x3.base)
-            coef = ws.sub(p.coef_at, p.coef_shape)
-            if p.reduces:
-                counter = slot.counter(p.groups, kind, x3.base)
-                args = (x3, mean, invstd, dz, h, u, w, ws.sub(0, p.part_shape), counter,
-                        ws.sub(p.sums_at, p.sums_shape), p.terms, gamma, float(count), ug, ub,
-                        coef, pg, pb, 0, None)  # fmt: skip
-                self._launch(slot, p.reduce, p.reduce_grid, args, p, "reduce")
-            else:  # no sums needed: coef stands in for them
-                args = (p.terms, coef, gamma, invstd, float(count), ug, ub, coef, pg, pb)
-                self._launch(slot, self.kernels.coefficients, p.coef_grid, args, p, "coef")
-            args = (x3, mean, dz, h, u, w, coef, out)
-            self._launch(slot, self.kernels.apply_affine, p.apply_grid, args, p, "apply")
+        self._reduce_and_apply(p, x3, mean, invstd, dz, h, u, w, ug, ub, gamma, count, out, pg,
+                               pb)  # fmt: skip
         return out.base, (None if pg is None else (pg.base, pb.base))
 
     def execute_pair(self, p, first_terms, x3, mean, invstd, dz, u, ug, ub, gamma, count):
@@ -293,23 +278,39 @@ class CudaBackend:
         operation's result in ``out[:V]`` and p's in ``out[V:]``; ``params`` as
         :meth:`execute` returns them for ``p``.
         """
-        kind, n_coef = x3.kind, math.prod(p.coef_shape)
-        out = _fresh(kind, (2 * p.n_dir, *p.out_shape[1:]), x3.dtype, x3.base)
+        out = _fresh(x3.kind, (2 * p.n_dir, *p.out_shape[1:]), x3.dtype, x3.base)
         _, pg, pb = _outputs(p, x3, out)
+        self._reduce_and_apply(p, x3, mean, invstd, dz, None, u, None, ug, ub, gamma, count,
+                               out, pg, pb, first_terms)  # fmt: skip
+        return out.base, (None if pg is None else (pg.base, pb.base))
+
+    def _reduce_and_apply(self, p, x3, mean, invstd, dz, h, u, w, ug, ub, gamma, count, out, pg,
+                          pb, first_terms=None):  # fmt: skip
+        """The launches of :meth:`execute`, or with ``first_terms`` those of
+        :meth:`execute_pair`: the coefficients then fill twice the rows, the first
+        operation's first."""
+        kind, n_coef = x3.kind, math.prod(p.coef_shape)
+        pair = first_terms is not None
+        site = " pair" if pair else ""  # launch sites of different argument shapes
         slot = self._slot(kind, x3.base)
         with slot.lock:
-            slot.wait_for((x3, mean, invstd, dz, u, ug, ub, gamma))
-            ws = slot.workspace(p.workspace + n_coef, kind, x3.base)
-            coef = ws.sub(p.coef_at, (2 * p.n_dir, *p.coef_shape[1:]))
-            first, second = coef.sub(0, p.coef_shape), coef.sub(n_coef, p.coef_shape)
-            counter = slot.counter(p.groups, kind, x3.base)
-            args = (x3, mean, invstd, dz, None, u, None, ws.sub(0, p.part_shape), counter,
-                    ws.sub(p.sums_at, p.sums_shape), p.terms, gamma, float(count), ug, ub,
-                    second, pg, pb, first_terms, first)  # fmt: skip
-            self._launch(slot, p.reduce, p.reduce_grid, args, p, "reduce pair")
-            args = (x3, mean, dz, None, u, None, coef, out)
-            self._launch(slot, self.kernels.apply_affine, p.apply_grid, args, p, "apply pair")
-        return out.base, (None if pg is None else (pg.base, pb.base))
+            slot.wait_for((x3, mean, invstd, dz, h, u, w, ug, ub, gamma, out))
+            ws = slot.workspace(p.workspace + (n_coef if pair else 0), kind, x3.base)
+            coef = ws.sub(p.coef_at, ((2 if pair else 1) * p.n_dir, *p.coef_shape[1:]))
+            own, first = coef, None
+            if pair:
+                own, first = coef.sub(n_coef, p.coef_shape), coef.sub(0, p.coef_shape)
+            if p.reduces:
+                counter = slot.counter(p.groups, kind, x3.base)
+                args = (x3, mean, invstd, dz, h, u, w, ws.sub(0, p.part_shape), counter,
+                        ws.sub(p.sums_at, p.sums_shape), p.terms, gamma, float(count), ug, ub,
+                        own, pg, pb, first_terms or 0, first)  # fmt: skip
+                self._launch(slot, p.reduce, p.reduce_grid, args, p, "reduce" + site)
+            else:  # no sums needed: coef stands in for them
+                args = (p.terms, coef, gamma, invstd, float(count), ug, ub, coef, pg, pb)
+                self._launch(slot, self.kernels.coefficients, p.coef_grid, args, p, "coef")
+            args = (x3, mean, dz, h, u, w, coef, out)
+            self._launch(slot, self.kernels.apply_affine, p.apply_grid, args, p, "apply" + site)
 
     def execute_from_sums(self, p, sums, x3, mean, invstd, dz, h, u, w, ug, ub, gamma, count,
                           out):  # fmt: skip

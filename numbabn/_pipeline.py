@@ -104,12 +104,21 @@ def execute(op: Op, x, gamma, stats, args: tuple, eps=None, axis=None, backend="
             comm=None, out=None):  # fmt: skip
     """Run ``op``; returns the result, or ``(result, gamma output, beta output)``
     when the operation has parameter outputs."""
+    plan = _remembered(op, x, gamma, stats, args, eps, axis, backend, comm, out)
+    if plan is not None:
+        return _run_plan(op, plan, x, gamma, stats, args)
+    return _checked(op, x, gamma, stats, args, eps, axis, backend, comm, out)
+
+
+def _remembered(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out):
+    """The plan a call may run without the checks (one that passed them had the
+    same key), or None."""
     if out is None and comm is None and eps is None and axis is None and backend == "auto":
         key = _key(op, x, gamma, stats, args, DEFAULT_AXIS)
         plan = _PLANS.get(key) if key is not None else None
         if plan is not None and (stats is None or stats._prepared[0] is plan.be):
-            return _run_plan(op, plan, x, gamma, stats, args)
-    return _checked(op, x, gamma, stats, args, eps, axis, backend, comm, out)
+            return plan
+    return None
 
 
 def forward(x, gamma, beta, eps, axis, backend, comm, out):
@@ -153,39 +162,21 @@ def vjp_backward(x, gamma, dz, a, stats, a_gamma, a_beta, eps, axis, backend, co
     jvp and the rop_backward.
     """
     args = (dz, a, a_gamma, a_beta)
-    if comm is None and eps is None and axis is None and backend == "auto":
-        key = _key(VJP_BACKWARD, x, gamma, stats, args, DEFAULT_AXIS)
-        plan = _PLANS.get(key) if key is not None else None
-        if plan is not None and (stats is None or stats._prepared[0] is plan.be):
-            be = plan.be
-            x3 = be.view(x, plan.x_shape)
-            st = stats
-            if st is None:
-                st, _ = stats_of_canonical(be, x, x3, plan.dims, DEFAULT_EPS, DEFAULT_AXIS, None)
-            _, mean, invstd = st._prepared
-            slots = _slots(plan, args)
-            return _pair(plan, x, x3, mean, invstd, slots, be.channel_arg(gamma), st.count)
-    arrays = dict(zip(VJP_BACKWARD.args, args, strict=True))
-    call = Call(x, gamma, stats, eps, axis, backend, arrays, VJP_BACKWARD.optional, comm)
-    be = call.be
-    slots: list[Any] = [call.field("dz", dz), None, None, None, None, None]
-    slots[U], n_dir, batched = call.directions("a", a)
-    slots[UG] = call.channel_tangent("a_gamma", a_gamma, n_dir, batched)
-    slots[UB] = call.channel_tangent("a_beta", a_beta, n_dir, batched)
+    plan = _remembered(VJP_BACKWARD, x, gamma, stats, args, eps, axis, backend, comm, None)
+    if plan is not None:
+        x3, st, slots = _planned_inputs(plan, x, stats, args)
+        _, mean, invstd = st._prepared
+        return _pair(plan, x, x3, mean, invstd, slots, plan.be.channel_arg(gamma), st.count)
+    call, plan, slots, _ = _check(VJP_BACKWARD, x, gamma, stats, args, eps, axis, backend,
+                                  comm, None)  # fmt: skip
     if call.comm is not None:
         st = call.stats
-        dz_bar = execute(JVP, x, gamma, st, (a, a_gamma, a_beta), backend=be.name)
+        dz_bar = execute(JVP, x, gamma, st, (a, a_gamma, a_beta), backend=call.be.name)
         x_bar, gamma_bar, _ = execute(ROP_BACKWARD, x, gamma, st, (dz, a, None, a_gamma),
-                                      backend=be.name)  # fmt: skip
+                                      backend=call.be.name)  # fmt: skip
         return dz_bar, x_bar, gamma_bar
-    with_ug = slots[UG] is not None
-    rop_terms = f.TERM_RVP | (f.TERM_UG_PROJ_DZ if with_ug else 0)
-    shapes = (be.kernel_shape(call.dims), be.kernel_shape((n_dir, *call.dims)), None, None)
-    present = (True, False, True, False, with_ug, False)  # the rop_backward's inputs
-    present_args = tuple(t is not None for t in args)
-    plan = call.plan(VJP_BACKWARD, shapes, present, present_args, n_dir, batched, rop_terms)
-    st = call.stats
-    res = _pair(plan, x, call.x3, call.mean, call.invstd, slots, call.gamma, st.count)
+    count = call.stats.count  # computes the statistics first when none were given
+    res = _pair(plan, x, call.x3, call.mean, call.invstd, slots, call.gamma, count)
     _remember(_key(VJP_BACKWARD, x, gamma, stats, args, call.axis), plan)
     return res
 
@@ -247,10 +238,7 @@ def _remember(key: tuple | None, plan: Plan) -> None:
 def _run_plan(op: Op, plan: Plan, x, gamma, stats, args: tuple):
     """Run ``op`` by ``plan`` on arguments known to pass its checks."""
     be = plan.be
-    x3 = be.view(x, plan.x_shape)
-    if stats is None:
-        stats, _ = stats_of_canonical(be, x, x3, plan.dims, DEFAULT_EPS, DEFAULT_AXIS, None)
-    slots = _slots(plan, args)
+    x3, stats, slots = _planned_inputs(plan, x, stats, args)
     _, mean, invstd = stats._prepared
     res, params = be.execute(plan.bplan, x3, mean, invstd, *slots, be.channel_arg(gamma),
                              stats.count, None)  # fmt: skip
@@ -260,17 +248,32 @@ def _run_plan(op: Op, plan: Plan, x, gamma, stats, args: tuple):
     return res, be.wrap(params[0], x), be.wrap(params[1], x)
 
 
-def _slots(plan: Plan, args: tuple) -> list:
-    """The pipeline slots of ``args``, converted as ``plan`` says (absent ones None)."""
+def _planned_inputs(plan: Plan, x, stats, args: tuple):
+    """``(x3, stats, slots)`` of a call run by ``plan``: x in kernel layout, its
+    statistics (computed when None) and the pipeline slots of ``args``."""
     be, slots = plan.be, [None, None, None, None, None, None]
+    x3 = be.view(x, plan.x_shape)
+    if stats is None:
+        stats, _ = stats_of_canonical(be, x, x3, plan.dims, DEFAULT_EPS, DEFAULT_AXIS, None)
     for i, slot, shape in plan.convert:
         a = args[i]
         slots[slot] = be.view(a, shape) if shape is not None else be.channel_rows(a, plan.n_dir)
-    return slots
+    return x3, stats, slots
 
 
 def _checked(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out):
     """Run ``op`` after every check, and remember its plan when the call qualifies."""
+    call, plan, slots, dst = _check(op, x, gamma, stats, args, eps, axis, backend, comm, out)
+    res, params = call.execute(plan, slots, dst)
+    _remember(_key(op, x, gamma, stats, args, call.axis), plan)
+    res = call.shaped(res, plan.batched, out)
+    if params is None:
+        return res
+    return res, call.be.wrap(params[0], x), call.be.wrap(params[1], x)
+
+
+def _check(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out):
+    """Every check of a call of ``op``: ``(call, plan, slots, out in kernel layout)``."""
     call = Call(x, gamma, stats, eps, axis, backend, dict(zip(op.args, args, strict=True)),
                 op.optional, comm)  # fmt: skip
     slots: list[Any] = [None] * 6
@@ -303,12 +306,7 @@ def _checked(op: Op, x, gamma, stats, args: tuple, eps, axis, backend, comm, out
     dst = call.output(out, n_dir, batched)
     present_args = tuple(a is not None for a in args)
     plan = call.plan(op, tuple(shapes), tuple(present), present_args, n_dir, batched, terms)
-    res, params = call.execute(plan, slots, dst)
-    _remember(_key(op, x, gamma, stats, args, call.axis), plan)
-    res = call.shaped(res, batched, out)
-    if params is None:
-        return res
-    return res, call.be.wrap(params[0], x), call.be.wrap(params[1], x)
+    return call, plan, slots, dst
 
 
 class Call:
