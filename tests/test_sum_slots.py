@@ -21,10 +21,14 @@ INPUT_SETS = {
 }
 
 #: The canonical layouts and the path each takes: channel blocks of at least
-#: WIDE_BLOCK channels go to the wide-rows reduction.
+#: WIDE_BLOCK channels go to the wide-rows reduction; narrower ones merge the
+#: loops of h's sums from MERGED_MIN_CHANNELS channels, and join them to those
+#: of h*u (hvp) up to JOINED_MAX_CHANNELS.
 LAYOUTS = {
     "plane": ((5, 3, 7), 2),
     "rows": ((23, 6), 2),
+    "rows, merged loops": ((23, cpu.MERGED_MIN_CHANNELS), 2),
+    "rows, merged loops, h apart": ((23, cpu.JOINED_MAX_CHANNELS + 1), 2),
     "wide rows": ((9, cpu.WIDE_BLOCK + 3), 1),
 }
 

@@ -43,6 +43,17 @@ WIDE_BLOCK = 512
 #: cache and that direction's accumulators in L1 (see :func:`_row_tiles`).
 DIRECTION_TILE_ELEMENTS = 16384
 
+#: Fewest channels in a block for which :func:`_rows_moments` merges the loop
+#: of the sums of h into another: the merged loops measure slower on narrower
+#: blocks, whose rows are too short for them (the crossover lies between 16
+#: and 48 channels, by dtype and operation).
+MERGED_MIN_CHANNELS = 48
+
+#: Most channels in a block for which :func:`_rows_moments` adds the sums of h
+#: in the loop of those of h*u (hvp): wider blocks measure slower, as the
+#: accumulators of both loops of a row no longer stay in L1 together.
+JOINED_MAX_CHANNELS = 192
+
 #: Serial twins of the parallel kernels, by name: the same code compiled without
 #: threads, for arrays too small to repay starting a parallel region. Results
 #: do not depend on the thread count either way: the tiling is the same.
@@ -188,6 +199,13 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     one loop for the sums of dz, u and w (the direction-independent ones ride
     along with direction 0) and one for those of h*u. Loops updating at most
     about five accumulators vectorise; one loop over all ten is much slower.
+    On blocks of at least ``MERGED_MIN_CHANNELS`` the loops are fewer, with
+    x read and scaled fewer times and the loads overlapping the arithmetic
+    instead of alternating with it: without dz (ggnvp) the three loops are
+    one, whose seven accumulators still vectorise; with dz (hvp), on blocks
+    of at most ``JOINED_MAX_CHANNELS``, the sums of h join those of h*u. Each
+    sum still adds its rows in the same order, so the bits are those of three
+    loops.
 
     The loops index 1-D slices of the channel block from 0: Numba then knows
     the indices are non-negative, skips the wraparound handling and the loops
@@ -197,10 +215,13 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
     a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
     a_h, a_hx, a_hxx = acc[0, f.S_H, c0:c1], acc[0, f.S_HX, c0:c1], acc[0, f.S_HXX, c0:c1]
     n = c1 - c0
+    merged = n >= MERGED_MIN_CHANNELS
+    fused = merged and dz is None  # the sums of h and h*u join those of u
+    joined = fused or (merged and n <= JOINED_MAX_CHANNELS)  # the sums of h join those of h*u
     tile = _row_tiles(n)
     for t0 in range(lo, hi, tile):
         t1 = min(hi, t0 + tile)
-        if h is not None:
+        if h is not None and not (u is not None and joined):
             for i in range(t0, t1):
                 x_row, h_row = x[i, c0:c1], h[i, c0:c1]
                 for c in range(n):
@@ -222,6 +243,8 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
                     u_row = u[v, i, c0:c1]
                 if w is not None:
                     w_row = w[v, i, c0:c1]
+                if h is not None:
+                    h_row = h[i, c0:c1]
                 for c in range(n):
                     xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
                     if dz is not None:
@@ -239,11 +262,24 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
                         wv = np.float64(w_row[c])
                         a_w[c] += wv
                         a_xw[c] += xh * wv
-                if h is not None and u is not None:
-                    h_row = h[i, c0:c1]
+                    if h is not None and u is not None and fused:
+                        hv = np.float64(h_row[c])
+                        if once:
+                            a_h[c] += hv
+                            a_hx[c] += hv * xh
+                            a_hxx[c] += hv * xh * xh
+                        hu = hv * uv
+                        a_hu[c] += hu
+                        a_hxu[c] += hu * xh
+                if h is not None and u is not None and not fused:
                     for c in range(n):
                         xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
-                        hu = np.float64(h_row[c]) * np.float64(u_row[c])
+                        hv = np.float64(h_row[c])
+                        if once and joined:
+                            a_h[c] += hv
+                            a_hx[c] += hv * xh
+                            a_hxx[c] += hv * xh * xh
+                        hu = hv * np.float64(u_row[c])
                         a_hu[c] += hu
                         a_hxu[c] += hu * xh
 
@@ -272,18 +308,22 @@ def _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc)
     With both u and w (rop_backward), w's sums get a loop of their own: seven
     accumulators in one loop no longer vectorise well on wide rows, while on
     narrow rows the split loses, so :func:`_rows_moments` keeps one loop.
+    Without dz (ggnvp) the sums of h and h*u join u's loop, as there: those
+    seven accumulators take fewer arithmetic operations and measure faster.
     """
     n = c1 - c0
     mean_b, invstd_b = mean[c0:c1], invstd[c0:c1]
     a_dz, a_xdz = acc[0, f.S_DZ, c0:c1], acc[0, f.S_XDZ, c0:c1]
     a_h, a_hx, a_hxx = acc[0, f.S_H, c0:c1], acc[0, f.S_HX, c0:c1], acc[0, f.S_HXX, c0:c1]
     zero = np.zeros(n, x.dtype)
+    fused = dz is None and u is not None  # the sums of h and h*u join u's loop
     for i in range(lo, hi, 4):
         xs = _four_rows(x, i, hi, c0, c1, x[i, c0:c1])
         if dz is not None:
             dzs = _four_rows(dz, i, hi, c0, c1, zero)
         if h is not None:
             hs = _four_rows(h, i, hi, c0, c1, zero)
+        if h is not None and not fused:
             for c in range(n):
                 xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
                 hv = _at4(hs, c)
@@ -293,6 +333,7 @@ def _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc)
         for v in range(n_dir):
             a_u, a_xu, a_dzu = acc[v, f.S_U, c0:c1], acc[v, f.S_XU, c0:c1], acc[v, f.S_DZU, c0:c1]
             a_w, a_xw = acc[v, f.S_W, c0:c1], acc[v, f.S_XW, c0:c1]
+            a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
             if u is not None:
                 us = _four_rows(u[v], i, hi, c0, c1, zero)
             if w is not None:
@@ -315,14 +356,22 @@ def _wide_rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc)
                     wv = _at4(ws, c)
                     a_w[c] += _sum4(wv)
                     a_xw[c] += _dot4(xh, wv)
+                if h is not None and fused:
+                    hv = _at4(hs, c)
+                    if once:
+                        a_h[c] += _sum4(hv)
+                        a_hx[c] += _dot4(hv, xh)
+                        a_hxx[c] += _dot4(_mul4(hv, xh), xh)
+                    hu = _mul4(hv, uv)
+                    a_hu[c] += _sum4(hu)
+                    a_hxu[c] += _dot4(hu, xh)
             if w is not None and u is not None:
                 for c in range(n):
                     xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
                     wv = _at4(ws, c)
                     a_w[c] += _sum4(wv)
                     a_xw[c] += _dot4(xh, wv)
-            if h is not None and u is not None:
-                a_hu, a_hxu = acc[v, f.S_HU, c0:c1], acc[v, f.S_HXU, c0:c1]
+            if h is not None and u is not None and not fused:
                 for c in range(n):
                     xh = _xhat4(_at4(xs, c), mean_b[c], invstd_b[c])
                     hu = _mul4(_at4(hs, c), _at4(us, c))
