@@ -263,25 +263,26 @@ def _rows_moments(x, mean, invstd, dz, h, u, w, n_dir, lo, hi, c0, c1, acc):
                         a_w[c] += wv
                         a_xw[c] += xh * wv
                     if h is not None and u is not None and fused:
-                        hv = np.float64(h_row[c])
-                        if once:
-                            a_h[c] += hv
-                            a_hx[c] += hv * xh
-                            a_hxx[c] += hv * xh * xh
-                        hu = hv * uv
-                        a_hu[c] += hu
-                        a_hxu[c] += hu * xh
+                        _add_h_sums(np.float64(h_row[c]), uv, xh, once, c, a_h, a_hx, a_hxx,
+                                    a_hu, a_hxu)  # fmt: skip
                 if h is not None and u is not None and not fused:
                     for c in range(n):
                         xh = (np.float64(x_row[c]) - mean_b[c]) * invstd_b[c]
-                        hv = np.float64(h_row[c])
-                        if once and joined:
-                            a_h[c] += hv
-                            a_hx[c] += hv * xh
-                            a_hxx[c] += hv * xh * xh
-                        hu = hv * np.float64(u_row[c])
-                        a_hu[c] += hu
-                        a_hxu[c] += hu * xh
+                        _add_h_sums(np.float64(h_row[c]), np.float64(u_row[c]), xh, once and joined,
+                                    c, a_h, a_hx, a_hxx, a_hu, a_hxu)  # fmt: skip
+
+
+@_inline
+def _add_h_sums(hv, uv, xh, with_h, c, a_h, a_hx, a_hxx, a_hu, a_hxu):
+    """Add one element's sums of h*u at channel ``c`` of :func:`_rows_moments`, and
+    those of h when ``with_h`` (in direction 0 of the loop they join)."""
+    if with_h:
+        a_h[c] += hv
+        a_hx[c] += hv * xh
+        a_hxx[c] += hv * xh * xh
+    hu = hv * uv
+    a_hu[c] += hu
+    a_hxu[c] += hu * xh
 
 
 @_scalar
